@@ -1,0 +1,94 @@
+"""Everything a run derives from the config about data: splits, partitions, the query scenario, the test view.
+
+It is a pure function of the config (and the files on disk), so the reference runner, every
+simulated client and every SuperNode rebuild the *same* federation independently; no data is
+ever shipped between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qkt_flower.config import ExperimentConfig, validate_label_space
+from qkt_flower.data.datasets import ImageDataset, load_dataset
+from qkt_flower.data.partition import partition_indices
+from qkt_flower.data.query import QueryScenario, make_query_scenario, view_indices
+
+
+@dataclass(frozen=True)
+class Federation:
+    """The data side of one experiment.
+
+    Attributes
+    ----------
+    train, test
+        The (possibly per-class capped) splits.
+    scenario
+        Partitions after the query cut, query and local classes of the querying client.
+    """
+
+    train: ImageDataset
+    test: ImageDataset
+    scenario: QueryScenario
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients K."""
+        return len(self.scenario.partitions)
+
+    def client_data(self, client: int) -> ImageDataset:
+        """Training data of ``client`` (its private partition)."""
+        return self.train.subset(self.scenario.partitions[client])
+
+    def class_counts(self, client: int) -> torch.Tensor:
+        """Training samples per class at ``client``."""
+        return torch.bincount(self.train.labels[self.scenario.partitions[client]], minlength=self.train.num_classes)
+
+    def test_view(self) -> ImageDataset:
+        """The querying client's test view: test samples of its local and query classes."""
+        return self.test.subset(view_indices(self.test.labels, self.scenario))
+
+
+def cap_per_class(data: ImageDataset, per_class: int | None, seed: int) -> ImageDataset:
+    """At most ``per_class`` samples of each class, chosen with ``seed`` (quick runs and tests)."""
+    if per_class is None:
+        return data
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    keep = [order[data.labels[order] == c][:per_class] for c in range(data.num_classes)]
+    return data.subset(torch.sort(torch.cat(keep)).values)
+
+
+def build_federation(cfg: ExperimentConfig) -> Federation:
+    """Load, cap, partition and cut the data exactly as ``cfg`` says (validating against the loaded data)."""
+    d = cfg.dataset
+    options = {"image_size": d.image_size} if d.name == "imagefolder" and d.image_size else {}
+    train, test = load_dataset(d.name, d.root, download=d.download, **options)
+    train = cap_per_class(train, d.train_per_class, seed=cfg.seed)
+    test = cap_per_class(test, d.test_per_class, seed=cfg.seed)
+    validate_label_space(cfg, train.num_classes, num_train=len(train))
+    p = cfg.partition
+    partitions = partition_indices(
+        train.labels,
+        p.kind,
+        p.num_clients,
+        cfg.seed,
+        alpha=p.alpha,
+        classes_per_client=p.classes_per_client,
+        assignment=p.assignment,
+        min_partition_size=p.min_partition_size,
+    )
+    q = cfg.query
+    scenario = make_query_scenario(
+        train.labels,
+        partitions,
+        train.num_classes,
+        q.client,
+        q.classes,
+        q.num_classes,
+        q.shots,
+        cfg.seed,
+        min_local_count=q.min_local_count,
+    )
+    return Federation(train, test, scenario)

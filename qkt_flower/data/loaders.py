@@ -1,0 +1,108 @@
+"""Mini-batches straight from in-memory tensors (no DataLoader workers, no per-sample Python work).
+
+A :class:`Batches` iterable yields :class:`Batch` ``(x, y, idx)`` where ``idx`` are positions in the
+underlying tensors: the phases use them to look up cached teacher logits and cached features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+
+from qkt_flower.data.datasets import ImageDataset
+
+
+class Batch(NamedTuple):
+    """One mini-batch: inputs, labels and their row positions in the source tensors."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+
+def normalizer(data: ImageDataset) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Function mapping ``uint8`` images to float inputs normalised with the dataset's mean/std."""
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+
+    def apply(images: torch.Tensor) -> torch.Tensor:
+        m, s = mean.to(images.device), std.to(images.device)
+        return images.float().div_(255.0).sub_(m).div_(s)
+
+    return apply
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights ``1 / count(label)``: every present class is drawn equally often."""
+    counts = torch.bincount(labels).double()
+    return 1.0 / counts[labels]
+
+
+class Batches:
+    """Re-iterable mini-batches over ``(inputs, labels)`` held in memory.
+
+    Parameters
+    ----------
+    inputs, labels
+        Tensors with the same first dimension (images ``uint8`` or cached features).
+    transform
+        Applied to each input batch on ``device`` (e.g. :func:`normalizer`).
+    shuffle
+        Reshuffle every epoch with ``generator`` (seeded: the same seed gives the same batches).
+    balanced
+        Draw ``len(labels)`` samples per epoch with replacement, class-balanced, so that a few
+        query shots weigh as much as a local class.
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        balanced: bool = False,
+        generator: torch.Generator | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if inputs.shape[0] != labels.shape[0]:
+            raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
+        self.inputs, self.labels = inputs, labels
+        self.batch_size = batch_size
+        self.shuffle, self.balanced = shuffle, balanced
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.transform = transform
+        self.device = torch.device(device)
+        self._weights = balanced_weights(labels) if balanced and labels.numel() else None
+
+    def __len__(self) -> int:
+        return (self.labels.shape[0] + self.batch_size - 1) // self.batch_size
+
+    def _order(self) -> torch.Tensor:
+        n = self.labels.shape[0]
+        if self._weights is not None:
+            return torch.multinomial(self._weights, n, replacement=True, generator=self.generator)
+        if self.shuffle:
+            return torch.randperm(n, generator=self.generator)
+        return torch.arange(n)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self._order()
+        non_blocking = self.device.type == "cuda"
+        for start in range(0, order.numel(), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.inputs[idx]
+            if non_blocking:
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=non_blocking)
+            if self.transform is not None:
+                x = self.transform(x)
+            yield Batch(x, self.labels[idx].to(self.device, non_blocking=non_blocking), idx.to(self.device))
+
+
+def image_batches(data: ImageDataset, batch_size: int, **kwargs) -> Batches:
+    """:class:`Batches` over an :class:`ImageDataset`, normalising on the fly."""
+    return Batches(data.images, data.labels, batch_size, transform=normalizer(data), **kwargs)

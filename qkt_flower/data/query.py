@@ -1,0 +1,123 @@
+"""The query scenario: who asks, for which classes, and how few samples of them it holds.
+
+The querying client ``q`` keeps exactly ``shots`` samples of each query class. When its partition
+holds more, the surplus is dropped; when it holds fewer (typical of pathological splits, where ``q``
+never saw the class), the missing shots are *moved* from other clients' partitions, so no sample is
+held by two clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qkt_flower.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class QueryScenario:
+    """Outcome of :func:`make_query_scenario`.
+
+    Attributes
+    ----------
+    client
+        Index of the querying client ``q``.
+    query_classes
+        ``Q``, sorted.
+    local_classes
+        Classes ``q`` knows: not in ``Q`` and at least ``min_local_count`` samples at ``q``.
+    partitions
+        Training indices per client after the query cut.
+    """
+
+    client: int
+    query_classes: tuple[int, ...]
+    local_classes: tuple[int, ...]
+    partitions: list[torch.Tensor]
+
+    @property
+    def view_classes(self) -> tuple[int, ...]:
+        """Classes of ``q``'s test view: local ∪ query."""
+        return tuple(sorted(set(self.local_classes) | set(self.query_classes)))
+
+
+def choose_query_classes(counts: torch.Tensor, num_query: int, seed: int) -> tuple[int, ...]:
+    """The ``num_query`` classes the client holds fewest samples of (ties broken by a seeded shuffle)."""
+    if not 1 <= num_query < counts.numel():
+        raise ConfigError("query.num_classes", num_query, f"an integer in [1, {counts.numel() - 1}]")
+    order = torch.randperm(counts.numel(), generator=torch.Generator().manual_seed(seed))
+    ranked = sorted(order.tolist(), key=lambda c: int(counts[c]))  # stable: seeded order breaks ties
+    return tuple(sorted(ranked[:num_query]))
+
+
+def make_query_scenario(
+    labels: torch.Tensor,
+    partitions: list[torch.Tensor],
+    num_classes: int,
+    client: int,
+    classes: list[int] | tuple[int, ...] | None,
+    num_query: int,
+    shots: int,
+    seed: int,
+    min_local_count: int = 1,
+) -> QueryScenario:
+    """Pick ``Q`` for client ``client`` and cut its samples of ``Q`` to ``shots`` per class.
+
+    Raises
+    ------
+    ConfigError
+        bad client index, query class outside ``[0, C)``, negative shots, too few samples of a query
+        class in the whole federation, or a querying client left with no local class.
+    """
+    if not 0 <= client < len(partitions):
+        raise ConfigError("query.client", client, f"a client index in [0, {len(partitions) - 1}]")
+    if shots < 0:
+        raise ConfigError("query.shots", shots, "an integer >= 0")
+    counts = torch.bincount(labels[partitions[client]], minlength=num_classes)
+    if classes is None:
+        query = choose_query_classes(counts, num_query, seed)
+    else:
+        query = tuple(sorted({int(c) for c in classes}))
+        bad = [c for c in query if not 0 <= c < num_classes]
+        if bad or not query:
+            raise ConfigError(
+                "query.classes", list(classes), f"a non-empty list of class ids in [0, {num_classes - 1}]"
+            )
+    local = tuple(c for c in range(num_classes) if c not in query and int(counts[c]) >= max(min_local_count, 1))
+    if not local:
+        raise ConfigError("query.client", client, "a client that holds samples of at least one non-query class")
+
+    rng = torch.Generator().manual_seed(seed)
+    parts = [p.clone() for p in partitions]
+    mine = parts[client]
+    keep = mine[~torch.isin(labels[mine], torch.tensor(query))]
+    shots_taken = []
+    for c in query:
+        own = mine[labels[mine] == c]
+        own = own[torch.randperm(own.numel(), generator=rng)]
+        take = own[:shots]
+        missing = shots - take.numel()
+        if missing > 0:
+            donors = [k for k in range(len(parts)) if k != client]
+            pool = (
+                torch.cat([parts[k][labels[parts[k]] == c] for k in donors])
+                if donors
+                else torch.empty(0, dtype=torch.long)
+            )
+            if pool.numel() < missing:
+                raise ConfigError(
+                    "query.shots", shots, f"at most the {take.numel() + pool.numel()} samples of class {c} available"
+                )
+            moved = pool[torch.randperm(pool.numel(), generator=rng)[:missing]]
+            for k in donors:
+                parts[k] = parts[k][~torch.isin(parts[k], moved)]
+            take = torch.cat([take, moved])
+        shots_taken.append(take)
+    parts[client] = torch.sort(torch.cat([keep, *shots_taken])).values
+    return QueryScenario(client, query, local, parts)
+
+
+def view_indices(test_labels: torch.Tensor, scenario: QueryScenario) -> torch.Tensor:
+    """Indices of test samples whose label is a local or query class of ``q`` (its test view)."""
+    return torch.nonzero(torch.isin(test_labels, torch.tensor(scenario.view_classes))).flatten()

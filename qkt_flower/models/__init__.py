@@ -1,0 +1,37 @@
+"""Model registry. Every model exposes ``features(x) -> (N, D)`` and a linear ``head``.
+
+That single contract is what lets the probe, the phases and the freezing of the feature
+extractor work without per-architecture code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from qkt_flower.errors import ConfigError
+from qkt_flower.models.cnn import SmallCNN
+from qkt_flower.models.resnet import resnet10, resnet18
+
+__all__ = ["MODELS", "build_model", "SmallCNN"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn": SmallCNN,
+    "resnet10": resnet10,
+    "resnet18": resnet18,
+}
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
+    """Build model ``name`` with weights initialised from ``seed`` (independent of global RNG state).
+
+    Seeding each client's model from its own seed makes a client's initial weights the same whether it
+    is built in the reference runner, in a Ray actor, or on a SuperNode.
+    """
+    if name not in MODELS:
+        raise ConfigError("model.name", name, f"one of {sorted(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[name](in_channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1])

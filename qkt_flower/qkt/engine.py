@@ -1,0 +1,98 @@
+"""The one training loop and the one evaluation loop.
+
+A training step is injected: ``step(model, batch) -> {loss name: scalar tensor}``. The engine sums
+the named losses, back-propagates, steps the optimiser, and logs per-epoch means. Local training,
+phase 1, phase 2, QKT Light and the baselines all run through :func:`fit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qkt_flower.data.loaders import Batch
+
+StepFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """How to optimise: ``name`` is ``sgd`` or ``adam``."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """Optimiser over ``params``."""
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        if self.name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        raise ValueError(f"optimizer {self.name!r} is not one of ['adam', 'sgd']")
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    step: StepFn,
+    optim: OptimSpec,
+    epochs: int,
+    params: Iterable[torch.nn.Parameter] | None = None,
+    desc: str = "train",
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``epochs`` over ``batches`` with losses from ``step``.
+
+    Parameters
+    ----------
+    params
+        What to optimise (default: every parameter). Phase 2 passes only the head.
+
+    Returns
+    -------
+    list of dict
+        Per epoch, the mean of each named loss and of their sum (``loss``).
+    """
+    optimizer = optim.build(list(params) if params is not None else model.parameters())
+    history = []
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in batches:
+            losses = step(model, batch)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+            count += 1
+        epoch = {k: v / max(count, 1) for k, v in sums.items()}
+        history.append(epoch)
+        bar.set_postfix(loss=f"{epoch.get('loss', float('nan')):.3f}")
+    return history
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, batches: Iterable[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every batch, on CPU, in batch order (model in eval mode)."""
+    model.eval()
+    logits, labels = [], []
+    for batch in batches:
+        logits.append(model(batch.x).float().cpu())
+        labels.append(batch.y.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def cross_entropy_step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """Supervised step: ``{"ce": CE(model(x), y)}`` (local training, the balanced-CE control)."""
+    return {"ce": torch.nn.functional.cross_entropy(model(batch.x), batch.y)}

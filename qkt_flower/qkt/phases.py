@@ -1,0 +1,287 @@
+"""QKT's query learning on the querying client: phase 1, phase 2, QKT Light and a joint ablation.
+
+Each phase is a loss step for :func:`qkt_flower.qkt.engine.fit`, returning named losses. Teacher
+(and original-model) logits over the transfer set are computed once, up front, and looked up by
+sample position: the transfer set is ``q``'s own data, without augmentation, so this is exact and
+saves one forward pass per expert per batch.
+
+Terms (see ``shared/QKT.md``):
+
+- ``L_query`` — for every expert ``k``, collapsed KD on ``[Q ∩ expert(k)] ⊕ other``; *gated*: only on
+  samples whose label is a class ``k``'s mask says it knows (teachers are over-confident on classes
+  they never saw; ungated, they teach "this local look-alike is the query class").
+- ``L_keep`` — collapsed KD from the *original* ``f_q`` on ``[local classes] ⊕ other``, only on samples
+  whose label is not a query class (the original model gets the query shots wrong).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.data.loaders import Batch, Batches, image_batches
+from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
+from qkt_flower.qkt.losses import collapsed_kd, cross_entropy, weighted_mean
+
+MODES = ("two-phase", "phase1", "light", "joint")
+
+
+@dataclass(frozen=True)
+class Expert:
+    """A relevant teacher as the querying client receives it.
+
+    Attributes
+    ----------
+    model
+        The teacher's network (weights fetched because its mask covers a query class).
+    query_classes
+        ``Q ∩ expert(k)``: the outputs kept in its masked signal.
+    known_classes
+        Every class its mask marks (the gate: its term applies to samples of these labels only).
+    """
+
+    model: nn.Module
+    query_classes: tuple[int, ...]
+    known_classes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """Budget, optimiser and loss weights of one phase (``gamma`` is used by phase 2 / joint only)."""
+
+    epochs: int
+    batch_size: int
+    optim: OptimSpec
+    beta: float = 1.0
+    gamma: float = 0.0
+    balanced: bool = True
+
+
+@dataclass(frozen=True)
+class QKTSpec:
+    """Everything query learning needs besides data and experts."""
+
+    mode: str
+    phase1: PhaseSpec
+    phase2: PhaseSpec
+    temperature: float = 2.0
+    standardize: bool = False
+    gate: bool = True
+
+
+@dataclass(frozen=True)
+class QueryTask:
+    """The querying client's side: its transfer set (its own training data) and class split."""
+
+    data: ImageDataset
+    query_classes: tuple[int, ...]
+    local_classes: tuple[int, ...]
+
+
+@torch.inference_mode()
+def cached_logits(models: list[nn.Module], data: ImageDataset, device: torch.device | str, batch_size: int = 512):
+    """Logits ``(K, N, C)`` of each model over ``data``, in data order (one pass per model)."""
+    batches = image_batches(data, batch_size, device=device)
+    out = []
+    for model in models:
+        model.to(device).eval()
+        out.append(torch.cat([model(b.x).float() for b in batches]))
+    if not out:
+        return torch.empty(0, len(data), data.num_classes, device=device)
+    return torch.stack(out)
+
+
+class QueryDistillation:
+    """``L_query`` over cached expert logits: collapsed, gated, averaged over (expert, sample) pairs."""
+
+    def __init__(self, experts: list[Expert], logits: torch.Tensor, num_classes: int, spec: QKTSpec) -> None:
+        device = logits.device
+        self.logits = logits
+        self.keeps = [torch.tensor(e.query_classes, dtype=torch.long, device=device) for e in experts]
+        gates = torch.ones(len(experts), num_classes, dtype=torch.bool, device=device)
+        if spec.gate:
+            gates.zero_()
+            for k, e in enumerate(experts):
+                gates[k, list(e.known_classes)] = True
+        self.gates = gates
+        self.temperature, self.standardize = spec.temperature, spec.standardize
+
+    def __call__(self, student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Weighted mean of per-sample collapsed KD over the experts whose gate lets the sample through."""
+        values, weights = [], []
+        for k, keep in enumerate(self.keeps):
+            values.append(
+                collapsed_kd(student_logits, self.logits[k, batch.idx], keep, self.temperature, self.standardize)
+            )
+            weights.append(self.gates[k, batch.y].float())
+        if not values:
+            return student_logits.sum() * 0.0
+        return weighted_mean(torch.cat(values), torch.cat(weights))
+
+
+class KeepDistillation:
+    """``L_keep``: the original model's view of the local classes, on non-query samples only."""
+
+    def __init__(self, original_logits: torch.Tensor, task: QueryTask, spec: QKTSpec) -> None:
+        device = original_logits.device
+        self.logits = original_logits
+        self.keep = torch.tensor(task.local_classes, dtype=torch.long, device=device)
+        self.query = torch.tensor(task.query_classes, dtype=torch.long, device=device)
+        self.temperature, self.standardize = spec.temperature, spec.standardize
+
+    def __call__(self, student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Collapsed KD to the original model, weighted 0 on query-class samples."""
+        kd = collapsed_kd(student_logits, self.logits[batch.idx], self.keep, self.temperature, self.standardize)
+        return weighted_mean(kd, (~torch.isin(batch.y, self.query)).float())
+
+
+def _step(query: QueryDistillation | None, beta: float, keep: KeepDistillation | None, gamma: float):
+    """Build a loss step ``CE + beta·L_query (+ gamma·L_keep)`` for the model ``fit`` trains."""
+
+    def step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = model(batch.x)
+        losses = {"ce": cross_entropy(logits, batch.y)}
+        if query is not None and beta > 0:
+            losses["query"] = beta * query(logits, batch)
+        if keep is not None and gamma > 0:
+            losses["keep"] = gamma * keep(logits, batch)
+        return losses
+
+    return step
+
+
+def _batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: torch.Tensor | None = None) -> Batches:
+    gen = torch.Generator().manual_seed(seed)
+    if inputs is None:
+        return image_batches(
+            task.data, spec.batch_size, shuffle=True, balanced=spec.balanced, generator=gen, device=device
+        )
+    return Batches(
+        inputs, task.data.labels, spec.batch_size, shuffle=True, balanced=spec.balanced, generator=gen, device=device
+    )
+
+
+@torch.inference_mode()
+def _features(model: nn.Module, data: ImageDataset, device) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model.features(b.x).float() for b in image_batches(data, 512, device=device)])
+
+
+def phase1(student, task, experts, logits, spec: QKTSpec, seed, device, progress=False):
+    """Query-focused distillation: whole network, ``CE + β₁·L_query``, class-balanced batches."""
+    query = QueryDistillation(experts, logits, task.data.num_classes, spec)
+    step = _step(query, spec.phase1.beta, None, 0.0)
+    return fit(
+        student,
+        _batches(task, spec.phase1, seed, device),
+        step,
+        spec.phase1.optim,
+        spec.phase1.epochs,
+        desc="phase 1",
+        progress=progress,
+    )
+
+
+def phase2(student, original_logits, task, experts, logits, spec: QKTSpec, seed, device, progress=False):
+    """Head refinement on the frozen extractor: ``CE + β₂·L_query + γ·L_keep``, only ``student.head`` trained.
+
+    Features of the transfer set are computed once (extractor in eval mode, BatchNorm statistics
+    untouched), so each epoch costs a linear layer.
+    """
+    feats = _features(student, task.data, device)
+    query = QueryDistillation(experts, logits, task.data.num_classes, spec)
+    keep = KeepDistillation(original_logits, task, spec)
+    step = _step(query, spec.phase2.beta, keep, spec.phase2.gamma)
+    batches = _batches(task, spec.phase2, seed + 1, device, inputs=feats)
+    return fit(student.head, batches, step, spec.phase2.optim, spec.phase2.epochs, desc="phase 2", progress=progress)
+
+
+def joint(student, original_logits, task, experts, logits, spec: QKTSpec, seed, device, progress=False):
+    """Ablation: one phase on the whole network with ``CE + β₁·L_query + γ·L_keep`` (phase-2 γ)."""
+    query = QueryDistillation(experts, logits, task.data.num_classes, spec)
+    keep = KeepDistillation(original_logits, task, spec)
+    step = _step(query, spec.phase1.beta, keep, spec.phase2.gamma)
+    epochs = spec.phase1.epochs + spec.phase2.epochs
+    return fit(
+        student,
+        _batches(task, spec.phase1, seed, device),
+        step,
+        spec.phase1.optim,
+        epochs,
+        desc="joint",
+        progress=progress,
+    )
+
+
+def query_learning(
+    local_model: nn.Module,
+    task: QueryTask,
+    experts: list[Expert],
+    spec: QKTSpec,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    on_phase_end: Callable[[str, nn.Module], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Run QKT on the querying client; returns the new model and ``{"history", "seconds"}``.
+
+    ``on_phase_end(name, student)`` is called after each phase (e.g. to evaluate intermediate models).
+
+    ``local_model`` is not modified. ``spec.mode``: ``two-phase`` (phase 1 then phase 2), ``phase1``
+    (no phase 2), ``light`` (phase 2 only, on the original extractor: it cannot create features
+    for a class the extractor never saw), ``joint`` (one phase, whole network, all terms).
+    """
+    if spec.mode not in MODES:
+        raise ValueError(f"QKT mode {spec.mode!r} is not one of {MODES}")
+    seconds: dict[str, float] = {}
+    history: dict[str, list] = {}
+    start = time.perf_counter()
+    logits = cached_logits([e.model for e in experts], task.data, device)
+    original_logits = cached_logits([local_model], task.data, device)[0]
+    seconds["teacher_logits"] = time.perf_counter() - start
+    student = copy.deepcopy(local_model).to(device)
+    phases = {
+        "two-phase": ["phase1", "phase2"],
+        "phase1": ["phase1"],
+        "light": ["phase2"],
+        "joint": ["joint"],
+    }[spec.mode]
+    for name in phases:
+        start = time.perf_counter()
+        if name == "phase1":
+            history[name] = phase1(student, task, experts, logits, spec, seed, device, progress)
+        elif name == "phase2":
+            history[name] = phase2(student, original_logits, task, experts, logits, spec, seed, device, progress)
+        else:
+            history[name] = joint(student, original_logits, task, experts, logits, spec, seed, device, progress)
+        seconds[name] = time.perf_counter() - start
+        if on_phase_end is not None:
+            on_phase_end(name, student)
+    student.eval()
+    return student, {"history": history, "seconds": seconds}
+
+
+def balanced_finetune(
+    local_model: nn.Module, task: QueryTask, spec: PhaseSpec, seed: int, device="cpu", progress=False
+):
+    """Control: class-balanced CE fine-tuning on ``q``'s own data, no teacher.
+
+    Part of any few-shot gain is just rebalancing; this control measures that part.
+    """
+    student = copy.deepcopy(local_model).to(device)
+    fit(
+        student,
+        _batches(task, spec, seed, device),
+        cross_entropy_step,
+        spec.optim,
+        spec.epochs,
+        desc="balanced CE",
+        progress=progress,
+    )
+    return student.eval()

@@ -1,0 +1,55 @@
+"""Results on disk: ``results.json`` and the resolved ``config.yaml`` side by side in the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: tensors to lists, NaN to None, tuple keys/values to lists."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_results(out_dir: str | Path, results: dict, cfg: DictConfig | None = None) -> Path:
+    """Write ``results.json`` (and ``config.yaml``, resolved, when ``cfg`` is given); returns the JSON path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(_clean(results), indent=2))
+    if cfg is not None:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a ``results.json`` (or the one inside a run folder)."""
+    path = Path(path)
+    return json.loads((path / "results.json" if path.is_dir() else path).read_text())
+
+
+def find_results(root: str | Path) -> list[dict]:
+    """Every ``results.json`` under ``root`` (e.g. a Hydra multirun folder), sorted by path."""
+    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("results.json"))]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value), ignoring ``None``."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return float("nan"), float("nan")
+    mean = sum(vals) / len(vals)
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return mean, math.sqrt(var)

@@ -1,0 +1,142 @@
+"""The steps of one QKT experiment as functions of (config, federation, models).
+
+The centralised reference runner calls them in one process; the Flower ClientApp and ServerApp
+call the same functions on the nodes and on the server. Keeping them here is what makes the two
+paths agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qkt_flower.config import ExperimentConfig, optim_spec, qkt_spec
+from qkt_flower.data.federation import Federation
+from qkt_flower.models import build_model
+from qkt_flower.qkt.local import train_local
+from qkt_flower.qkt.mask import ExpertSelection, expert_mask, select_experts
+from qkt_flower.qkt.phases import Expert, QueryTask, balanced_finetune, query_learning
+from qkt_flower.qkt.probe import make_probe, probe_scores
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def client_seed(seed: int, client: int) -> int:
+    """Seed of client ``client``'s model init and batch order: independent of which process trains it."""
+    return seed * 100_003 + client
+
+
+def local_model_key(cfg: ExperimentConfig) -> str:
+    """Hash of everything that determines the local models (data, partition, query cut, model, step 0, seed)."""
+    local = {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
+    parts = [asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), asdict(cfg.model), local, cfg.seed]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_client(cfg: ExperimentConfig, fed: Federation, client: int, device: torch.device) -> nn.Module:
+    """Step 0 for one client: build its model from its seed and train it on its partition.
+
+    With ``local.cache_dir`` set, a model trained before under the same :func:`local_model_key` is
+    loaded instead of retrained (sweeps over QKT settings then cost only the query phases).
+    """
+    data = fed.client_data(client)
+    model = build_model(cfg.model.name, data.input_shape, data.num_classes, client_seed(cfg.seed, client))
+    cache = None
+    if cfg.local.cache_dir:
+        cache = Path(cfg.local.cache_dir).expanduser() / local_model_key(cfg) / f"client_{client}.pt"
+        if cache.is_file():
+            model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+            return model.to(device).eval()
+    local = cfg.local
+    train_local(
+        model,
+        data,
+        local.epochs,
+        local.batch_size,
+        optim_spec(local),
+        client_seed(cfg.seed, client),
+        device=device,
+        progress=cfg.progress,
+        desc=f"client {client}",
+    )
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(cache)
+    return model.eval()
+
+
+def answer_probe(cfg: ExperimentConfig, model: nn.Module, input_shape: tuple[int, ...], device) -> torch.Tensor:
+    """A teacher's probe reply: mean softmax over the noise regenerated from the probe's seed."""
+    p = cfg.strategy.probe
+    noise = make_probe(tuple(input_shape), p.n, p.seed, p.kind)
+    return probe_scores(model, noise, p.temperature, p.standardize, p.batch_size, device)
+
+
+def masks_from_scores(cfg: ExperimentConfig, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Expert mask of every teacher (all-true when masking is disabled: the "no mask" ablation)."""
+    m = cfg.strategy.mask
+    if not m.enabled:
+        return {k: torch.ones_like(s, dtype=torch.bool) for k, s in scores.items()}
+    param = {"relative": m.lam, "topk": m.topk, "max_ratio": m.max_ratio}[m.rule]
+    return {k: expert_mask(s, m.rule, param) for k, s in scores.items()}
+
+
+def true_profiles(cfg: ExperimentConfig, fed: Federation, clients) -> dict[int, torch.Tensor]:
+    """Each teacher's true class profile: classes that make up at least ``profile_min_share`` of its data."""
+    out = {}
+    for k in clients:
+        counts = fed.class_counts(k).double()
+        out[k] = counts / counts.sum().clamp_min(1) >= cfg.strategy.mask.profile_min_share
+    return out
+
+
+def choose_experts(
+    cfg: ExperimentConfig, scores: dict[int, torch.Tensor], query_classes: tuple[int, ...]
+) -> tuple[dict[int, torch.Tensor], ExpertSelection]:
+    """Masks of every teacher and the experts of each query class."""
+    masks = masks_from_scores(cfg, scores)
+    return masks, select_experts(masks, scores, query_classes)
+
+
+def make_experts(
+    models: dict[int, nn.Module], masks: dict[int, torch.Tensor], selection: ExpertSelection
+) -> list[Expert]:
+    """The experts as phase code needs them, in teacher-id order."""
+    experts = []
+    for k in selection.relevant:
+        known = tuple(int(c) for c in torch.nonzero(masks[k]).flatten())
+        queried = tuple(selection.classes_of(k))
+        experts.append(Expert(models[k], queried, tuple(sorted({*known, *queried}))))
+    return experts
+
+
+def query_task(fed: Federation) -> QueryTask:
+    """The querying client's transfer set (its own training data) and class split."""
+    s = fed.scenario
+    return QueryTask(fed.client_data(s.client), s.query_classes, s.local_classes)
+
+
+def learn_query(
+    cfg: ExperimentConfig, fed: Federation, local_model: nn.Module, experts: list[Expert], device, on_phase_end=None
+):
+    """Phases 1/2 (per ``strategy.mode``) on the querying client; returns ``(model, info)``."""
+    spec = qkt_spec(cfg.strategy)
+    return query_learning(local_model, query_task(fed), experts, spec, cfg.seed, device, cfg.progress, on_phase_end)
+
+
+def control_model(cfg: ExperimentConfig, fed: Federation, local_model: nn.Module, device) -> nn.Module:
+    """The class-balanced CE control on the phase-1 budget (no teacher)."""
+    spec = qkt_spec(cfg.strategy).phase1
+    return balanced_finetune(local_model, query_task(fed), spec, cfg.seed, device, cfg.progress)
