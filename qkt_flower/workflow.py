@@ -110,16 +110,26 @@ def choose_experts(
     return masks, select_experts(masks, scores, query_classes)
 
 
+def expert_classes(
+    masks: dict[int, torch.Tensor], selection: ExpertSelection
+) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Per relevant teacher: (query classes it teaches, classes it knows = its gate).
+
+    A fallback expert's queried class is added to what it knows, or its gate would silence it.
+    """
+    out = {}
+    for k in selection.relevant:
+        known = tuple(int(c) for c in torch.nonzero(masks[k]).flatten())
+        queried = tuple(selection.classes_of(k))
+        out[k] = (queried, tuple(sorted({*known, *queried})))
+    return out
+
+
 def make_experts(
     models: dict[int, nn.Module], masks: dict[int, torch.Tensor], selection: ExpertSelection
 ) -> list[Expert]:
     """The experts as phase code needs them, in teacher-id order."""
-    experts = []
-    for k in selection.relevant:
-        known = tuple(int(c) for c in torch.nonzero(masks[k]).flatten())
-        queried = tuple(selection.classes_of(k))
-        experts.append(Expert(models[k], queried, tuple(sorted({*known, *queried}))))
-    return experts
+    return [Expert(models[k], q, known) for k, (q, known) in expert_classes(masks, selection).items()]
 
 
 def query_task(fed: Federation) -> QueryTask:

@@ -37,7 +37,7 @@ def test_probe_finds_experts_of_the_query_class(small_run):
     assert probe["quality_query"]["recall"] == 1.0
     for c, experts in small_run["experts"].items():
         for k in experts:  # every chosen expert truly holds the query class
-            assert int(c) in probe["true_profiles"][str(k)] or int(c) in small_run["fallbacks"]
+            assert int(c) in probe["true_profiles"][k] or int(c) in small_run["fallbacks"]
 
 
 def test_same_seed_same_metrics(small_run):

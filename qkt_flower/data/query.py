@@ -42,12 +42,22 @@ class QueryScenario:
         return tuple(sorted(set(self.local_classes) | set(self.query_classes)))
 
 
-def choose_query_classes(counts: torch.Tensor, num_query: int, seed: int) -> tuple[int, ...]:
-    """The ``num_query`` classes the client holds fewest samples of (ties broken by a seeded shuffle)."""
-    if not 1 <= num_query < counts.numel():
-        raise ConfigError("query.num_classes", num_query, f"an integer in [1, {counts.numel() - 1}]")
-    order = torch.randperm(counts.numel(), generator=torch.Generator().manual_seed(seed))
-    ranked = sorted(order.tolist(), key=lambda c: int(counts[c]))  # stable: seeded order breaks ties
+def choose_query_classes(
+    counts: torch.Tensor, num_query: int, seed: int, available: torch.Tensor | None = None
+) -> tuple[int, ...]:
+    """The ``num_query`` classes the client holds fewest samples of (ties broken by a seeded shuffle).
+
+    ``available`` (bool, length C) restricts the choice to classes some other client can teach.
+    """
+    candidates = [c for c in range(counts.numel()) if available is None or bool(available[c])]
+    if not 1 <= num_query < counts.numel() or num_query > len(candidates):
+        raise ConfigError(
+            "query.num_classes",
+            num_query,
+            f"an integer in [1, {min(counts.numel() - 1, len(candidates))}] (classes other clients hold)",
+        )
+    order = torch.randperm(counts.numel(), generator=torch.Generator().manual_seed(seed)).tolist()
+    ranked = sorted((c for c in order if c in candidates), key=lambda c: int(counts[c]))  # stable: seed breaks ties
     return tuple(sorted(ranked[:num_query]))
 
 
@@ -76,7 +86,9 @@ def make_query_scenario(
         raise ConfigError("query.shots", shots, "an integer >= 0")
     counts = torch.bincount(labels[partitions[client]], minlength=num_classes)
     if classes is None:
-        query = choose_query_classes(counts, num_query, seed)
+        others = torch.cat([p for k, p in enumerate(partitions) if k != client] or [torch.empty(0, dtype=torch.long)])
+        elsewhere = torch.bincount(labels[others], minlength=num_classes)
+        query = choose_query_classes(counts, num_query, seed, available=elsewhere >= max(shots, 1))
     else:
         query = tuple(sorted({int(c) for c in classes}))
         bad = [c for c in query if not 0 <= c < num_classes]

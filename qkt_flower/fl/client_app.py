@@ -1,0 +1,120 @@
+"""The QKT ClientApp: thin handlers that unpack a message, call ``qkt_flower.workflow``, pack the reply.
+
+A node's trained model lives in ``context.state`` (not in module globals). Its raw data never leaves
+it: replies carry a model's weights (teachers only, on request), C probe scores, or aggregate metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from qkt_flower import workflow as wf
+from qkt_flower.config import ExperimentConfig
+from qkt_flower.data.federation import Federation, build_federation
+from qkt_flower.fl import records as R
+from qkt_flower.models import build_model
+from qkt_flower.qkt.evaluate import evaluate_view
+from qkt_flower.qkt.phases import Expert
+from qkt_flower.qkt.probe import make_probe, probe_scores
+
+app = ClientApp()
+
+
+_FEDERATION: dict[str, Federation] = {}  # one entry: the federation of the current run, per process
+
+
+def federation(cfg: ExperimentConfig) -> Federation:
+    """The federation of ``cfg``, built once per process (loading and partitioning is the slow part).
+
+    It is a pure function of the config, so a cache cannot leak state between runs with different configs.
+    """
+    key = json.dumps([asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), cfg.seed], sort_keys=True)
+    if key not in _FEDERATION:
+        _FEDERATION.clear()
+        _FEDERATION[key] = build_federation(cfg)
+    return _FEDERATION[key]
+
+
+def partition_id(context: Context) -> int:
+    """This node's client index (``partition-id`` in its node config)."""
+    return int(context.node_config["partition-id"])
+
+
+def local_model(cfg: ExperimentConfig, fed: Federation, context: Context) -> torch.nn.Module:
+    """This node's trained model, rebuilt from ``context.state``."""
+    if R.LOCAL_MODEL not in context.state.array_records:
+        raise RuntimeError("this node has no trained model yet: a 'train' message must come first")
+    model = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
+    model.load_state_dict(R.state_dict_of(context.state.array_records[R.LOCAL_MODEL]))
+    return model.eval()
+
+
+def reply(msg: Message, **records) -> Message:
+    """Reply to ``msg`` with the given records."""
+    return Message(content=RecordDict(records), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Step 0: train this node's model on its partition and keep it in ``context.state``."""
+    cfg = R.unpack_experiment(msg.content)
+    fed = federation(cfg)
+    k = partition_id(context)
+    model = wf.train_client(cfg, fed, k, wf.resolve_device(cfg.device))
+    context.state[R.LOCAL_MODEL] = ArrayRecord(model.cpu().state_dict())
+    metrics = {"num-examples": len(fed.scenario.partitions[k]), "client": k}
+    if k == fed.scenario.client:  # the querying node announces its query (the server holds no data)
+        metrics.update({"query-classes": list(fed.scenario.query_classes), "num-classes": fed.train.num_classes,
+                        "input-shape": list(fed.train.input_shape)})  # fmt: skip
+    return reply(msg, **{R.METRICS: MetricRecord(metrics)})
+
+
+@app.query("probe")
+def probe(msg: Message, context: Context) -> Message:
+    """Answer the noise probe with this node's mean softmax (C floats), regenerating the noise from its seed."""
+    cfg = R.unpack_experiment(msg.content)
+    spec = msg.content.config_records[R.PROBE_SPEC]
+    model = local_model(cfg, federation(cfg), context)
+    noise = make_probe(tuple(spec["shape"]), int(spec["n"]), int(spec["seed"]), str(spec["kind"]))
+    device = wf.resolve_device(cfg.device)
+    scores = probe_scores(model, noise, float(spec["temperature"]), bool(spec["standardize"]), device=device)
+    return reply(msg, **{R.PROBE_SCORES: MetricRecord({"scores": scores.tolist()})})
+
+
+@app.query("weights")
+def weights(msg: Message, context: Context) -> Message:
+    """Send this node's weights: it was found relevant to the query."""
+    if R.LOCAL_MODEL not in context.state.array_records:
+        raise RuntimeError("this node has no trained model yet")
+    return reply(msg, **{R.TEACHER_ARRAYS: context.state.array_records[R.LOCAL_MODEL]})
+
+
+@app.train("qkt")
+def qkt(msg: Message, context: Context) -> Message:
+    """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
+    cfg = R.unpack_experiment(msg.content)
+    fed = federation(cfg)
+    if partition_id(context) != fed.scenario.client:
+        raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
+    device = wf.resolve_device(cfg.device)
+    mine = local_model(cfg, fed, context)
+    experts = []
+    for k, (query, known) in R.unpack_masks(msg.content.config_records[R.EXPERT_MASKS]).items():
+        teacher = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
+        teacher.load_state_dict(R.state_dict_of(msg.content.array_records[f"{R.EXPERT_ARRAYS}{k}"]))
+        experts.append(Expert(teacher.eval(), query, known))
+    student, info = wf.learn_query(cfg, fed, mine, experts, device)
+    view = fed.test_view()
+    s = fed.scenario
+    metrics = {
+        **R.flat_metrics("before", evaluate_view(mine, view, s.query_classes, s.local_classes, device=device)),
+        **R.flat_metrics("after", evaluate_view(student, view, s.query_classes, s.local_classes, device=device)),
+        **{f"seconds.{k}": float(v) for k, v in info["seconds"].items()},
+        "num-examples": len(fed.scenario.partitions[s.client]),
+    }
+    return reply(msg, **{R.METRICS: MetricRecord(metrics)})

@@ -1,0 +1,89 @@
+"""Record keys of every QKT message, defined once, and the helpers that pack and unpack them.
+
+Message types: ``train`` (step 0), ``query.probe`` (noise probe: seed, shape, count — never tensors),
+``query.weights`` (a relevant teacher's weights), ``train.qkt`` (experts + masks to the querying node).
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from omegaconf import OmegaConf
+
+from qkt_flower.config import ExperimentConfig, to_config
+
+# message types
+TRAIN = "train"
+PROBE = "query.probe"
+WEIGHTS = "query.weights"
+QKT = "train.qkt"
+
+# record keys
+EXPERIMENT = "experiment"  # ConfigRecord {"yaml": resolved experiment config}
+PROBE_SPEC = "probe"  # ConfigRecord {seed, shape, n, kind, temperature, standardize}
+PROBE_SCORES = "probe-scores"  # MetricRecord {"scores": C floats}
+TEACHER_ARRAYS = "teacher-arrays"  # ArrayRecord of one teacher (reply to query.weights)
+EXPERT_ARRAYS = "expert-arrays."  # prefix + teacher id, in the train.qkt message
+EXPERT_MASKS = "expert-masks"  # ConfigRecord {"<id>.query": [..], "<id>.known": [..]}
+METRICS = "metrics"  # MetricRecord of a reply
+LOCAL_MODEL = "local-model"  # ArrayRecord kept in the node's context.state
+
+
+def pack_experiment(cfg_yaml: str) -> ConfigRecord:
+    """The resolved experiment config, as YAML text (clients rebuild the same federation from it)."""
+    return ConfigRecord({"yaml": cfg_yaml})
+
+
+def unpack_experiment(content: RecordDict) -> ExperimentConfig:
+    """Typed, validated config from a message."""
+    return to_config(OmegaConf.create(str(content.config_records[EXPERIMENT]["yaml"])))
+
+
+def pack_probe(cfg: ExperimentConfig, shape: tuple[int, ...]) -> ConfigRecord:
+    """What a teacher needs to regenerate the probe: a seed, a shape and a count (no tensors)."""
+    p = cfg.strategy.probe
+    return ConfigRecord(
+        {"seed": p.seed, "shape": list(shape), "n": p.n, "kind": p.kind, "temperature": p.temperature,
+         "standardize": p.standardize}
+    )  # fmt: skip
+
+
+def state_dict_of(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """PyTorch state dict of an ArrayRecord."""
+    return record.to_torch_state_dict()
+
+
+def pack_masks(experts: dict[int, tuple[tuple[int, ...], tuple[int, ...]]]) -> ConfigRecord:
+    """Per expert: the query classes it teaches and the classes its mask knows (the gate)."""
+    record = {}
+    for k, (query, known) in experts.items():
+        record[f"{k}.query"] = list(query)
+        record[f"{k}.known"] = list(known)
+    return ConfigRecord(record)
+
+
+def unpack_masks(record: ConfigRecord) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Inverse of :func:`pack_masks`."""
+    ids = sorted({int(key.split(".")[0]) for key in record})
+    return {k: (tuple(record[f"{k}.query"]), tuple(record[f"{k}.known"])) for k in ids}
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of a message's payload: array data plus serialised config/metric records."""
+    total = 0
+    for record in content.array_records.values():
+        total += sum(len(arr.data) for arr in record.values())
+    for record in [*content.config_records.values(), *content.metric_records.values()]:
+        total += len(record.deflate())
+    return total
+
+
+def flat_metrics(prefix: str, report: dict) -> dict[str, float]:
+    """``{prefix.key: value}`` for the scalar entries of an accuracy report (MetricRecord-ready)."""
+    return {f"{prefix}.{k}": float(v) for k, v in report.items() if isinstance(v, int | float)}
+
+
+__all__ = [
+    "TRAIN", "PROBE", "WEIGHTS", "QKT", "EXPERIMENT", "PROBE_SPEC", "PROBE_SCORES", "TEACHER_ARRAYS",
+    "EXPERT_ARRAYS", "EXPERT_MASKS", "METRICS", "LOCAL_MODEL", "MetricRecord",
+]  # fmt: skip

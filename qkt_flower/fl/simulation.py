@@ -1,0 +1,57 @@
+"""``qkt-flower``: compose the config with Hydra and run the Flower apps on the simulation runtime (Ray)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
+from qkt_flower.errors import ConfigError, DataNotFoundError
+
+
+def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
+    """Run QKT with ``simulation.num_supernodes`` simulated nodes; results go to ``out_dir``."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    from qkt_flower.fl.client_app import app as client_app
+    from qkt_flower.fl.server_app import make_server_app
+
+    if cfg.simulation.num_supernodes != cfg.partition.num_clients:
+        raise ConfigError("simulation.num_supernodes", cfg.simulation.num_supernodes,
+                          f"equal to partition.num_clients ({cfg.partition.num_clients}): one node per client")  # fmt: skip
+    backend = {
+        "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
+        "init_args": {"include_dashboard": False, "num_cpus": max(os.cpu_count() or 1, 1)},
+    }
+    run_simulation(
+        make_server_app(cfg_yaml, out_dir), client_app, cfg.simulation.num_supernodes, backend_config=backend
+    )
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+def _hydra_main(dcfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        cfg = to_config(dcfg)
+        simulate(cfg, OmegaConf.to_yaml(dcfg, resolve=True), out_dir)
+    except (ConfigError, DataNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"results: {out_dir / 'results.json'}")
+
+
+def main() -> None:
+    """Console entry point ``qkt-flower``."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

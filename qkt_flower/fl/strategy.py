@@ -1,0 +1,165 @@
+"""The QKT strategy: one round of a different protocol from FedAvg's, driven over a Flower ``Grid``.
+
+QKT is not a train/aggregate loop, so this class does not subclass Flower's round-based ``Strategy``
+(whose ``start`` would have to be rewritten); it sequences four message exchanges instead, each a
+small method: local training → noise probe of every teacher → data-free masking (here, on the
+server) → weights of the relevant experts only → query learning on the querying node. Every step
+tolerates nodes that fail or time out: it uses the answers that came back and records the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import torch
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from qkt_flower import workflow as wf
+from qkt_flower.config import ExperimentConfig
+from qkt_flower.fl import records as R
+from qkt_flower.qkt.probe import check_probe_reply
+
+log = logging.getLogger(__name__)
+
+
+class QKTStrategy:
+    """Drive one QKT query over the nodes of a grid.
+
+    Parameters
+    ----------
+    cfg, cfg_yaml
+        The experiment, typed and as resolved YAML (shipped to the nodes, which rebuild their data from it).
+    timeout
+        Seconds to wait for the replies of one step.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, cfg_yaml: str, timeout: float = 3600.0) -> None:
+        self.cfg, self.cfg_yaml, self.timeout = cfg, cfg_yaml, timeout
+        self.bytes = {"sent": {}, "received": {}}
+        self.dropped: dict[int, str] = {}  # client id (or node id before training) -> reason
+        self.seconds: dict[str, float] = {}
+        self.client_of: dict[int, int] = {}  # node id -> client id, learnt from the train replies
+        self.info: dict[int, dict] = {}  # client id -> its train reply (num-classes, input-shape, query-classes)
+
+    # -- messaging -----------------------------------------------------------------------------------
+    def _exchange(self, grid: Grid, step: str, messages: list[Message]) -> list[Message]:
+        """Send ``messages``, count bytes both ways, return the replies without errors."""
+        start = time.perf_counter()
+        self.bytes["sent"][step] = sum(R.payload_bytes(m.content) for m in messages)
+        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        ok = []
+        for r in replies:
+            if r.has_error():
+                self._drop(r.metadata.src_node_id, step, f"error: {r.error.reason}")
+            else:
+                ok.append(r)
+        answered = {r.metadata.src_node_id for r in replies}
+        for m in messages:
+            if m.metadata.dst_node_id not in answered:
+                self._drop(m.metadata.dst_node_id, step, "no reply (timeout)")
+        self.bytes["received"][step] = sum(R.payload_bytes(r.content) for r in ok)
+        self.seconds[step] = time.perf_counter() - start
+        return ok
+
+    def _drop(self, node_id: int, step: str, reason: str) -> None:
+        who = self.client_of.get(node_id, f"node {node_id}")
+        log.warning("%s dropped at %s: %s", who, step, reason)
+        self.dropped[str(who)] = f"{step}: {reason}"
+
+    def _message(self, node_id: int, message_type: str, **records) -> Message:
+        content = RecordDict({R.EXPERIMENT: R.pack_experiment(self.cfg_yaml), **records})
+        return Message(content=content, dst_node_id=node_id, message_type=message_type)
+
+    # -- the four steps ------------------------------------------------------------------------------
+    def train(self, grid: Grid, node_ids: Iterable[int]) -> dict[int, int]:
+        """Step 0 on every node; returns ``{client id: node id}`` of the nodes that trained."""
+        replies = self._exchange(grid, "train", [self._message(n, R.TRAIN) for n in node_ids])
+        node_of = {}
+        for r in replies:
+            metrics = r.content.metric_records[R.METRICS]
+            k = int(metrics["client"])
+            node_of[k] = r.metadata.src_node_id
+            self.client_of[r.metadata.src_node_id] = k
+            self.info[k] = dict(metrics)
+        return node_of
+
+    def probe(self, grid: Grid, teachers: dict[int, int], shape, num_classes: int) -> dict[int, torch.Tensor]:
+        """Probe every teacher; returns the valid replies ``{client: scores}`` (invalid ones are dropped)."""
+        spec = R.pack_probe(self.cfg, shape)
+        msgs = [self._message(n, R.PROBE, **{R.PROBE_SPEC: spec}) for n in teachers.values()]
+        scores = {}
+        for r in self._exchange(grid, "probe", msgs):
+            k = self.client_of[r.metadata.src_node_id]
+            try:
+                reply = torch.tensor(r.content.metric_records[R.PROBE_SCORES]["scores"], dtype=torch.float32)
+            except (KeyError, TypeError, ValueError):
+                reply = None
+            reason = "missing or malformed scores" if reply is None else check_probe_reply(reply, num_classes)
+            if reason is None:
+                scores[k] = reply
+            else:
+                self._drop(r.metadata.src_node_id, "probe", f"invalid reply: {reason}")
+        return scores
+
+    def fetch(self, grid: Grid, clients: list[int], node_of: dict[int, int]) -> dict[int, object]:
+        """Weights of the relevant experts only: ``{client: ArrayRecord}``."""
+        msgs = [self._message(node_of[k], R.WEIGHTS) for k in clients]
+        out = {}
+        for r in self._exchange(grid, "weights", msgs):
+            k = self.client_of[r.metadata.src_node_id]
+            if R.TEACHER_ARRAYS in r.content.array_records:
+                out[k] = r.content.array_records[R.TEACHER_ARRAYS]
+            else:
+                self._drop(r.metadata.src_node_id, "weights", "reply without weights")
+        return out
+
+    def query(self, grid: Grid, node_id: int, arrays: dict, experts) -> dict | None:
+        """Ship experts + masks to the querying node; returns its metrics."""
+        records = {f"{R.EXPERT_ARRAYS}{k}": a for k, a in arrays.items()}
+        records[R.EXPERT_MASKS] = R.pack_masks({e: experts[e] for e in arrays})
+        replies = self._exchange(grid, "qkt", [self._message(node_id, R.QKT, **records)])
+        return dict(replies[0].content.metric_records[R.METRICS]) if replies else None
+
+    # -- the protocol --------------------------------------------------------------------------------
+    def run(self, grid: Grid) -> dict:
+        """Run QKT over the grid; returns the results dictionary.
+
+        The server holds no data: the querying node announces its query classes, label-space size and
+        input shape in its training reply.
+        """
+        node_of = self.train(grid, grid.get_node_ids())
+        query_client = self.cfg.query.client
+        if query_client not in node_of:
+            raise RuntimeError(f"the querying client {query_client} did not train; nothing to do")
+        info = self.info[query_client]
+        query_classes = [int(c) for c in info["query-classes"]]
+        num_classes, shape = int(info["num-classes"]), tuple(int(v) for v in info["input-shape"])
+        teachers = {k: n for k, n in node_of.items() if k != query_client}
+        scores = self.probe(grid, teachers, shape, num_classes)
+        masks, selection = wf.choose_experts(self.cfg, scores, tuple(query_classes))
+        arrays = self.fetch(grid, selection.relevant, node_of)
+        for _ in range(len(scores)):  # an expert that failed to send weights: re-select without it
+            if set(selection.relevant) <= set(arrays):
+                break
+            scores = {k: v for k, v in scores.items() if k in arrays or k not in selection.relevant}
+            masks, selection = wf.choose_experts(self.cfg, scores, tuple(query_classes))
+            arrays.update(self.fetch(grid, [k for k in selection.relevant if k not in arrays], node_of))
+        experts = wf.expert_classes(masks, selection)
+        arrays = {k: arrays[k] for k in selection.relevant}
+        metrics = self.query(grid, node_of[query_client], arrays, experts)
+        return {
+            "method": "qkt-flower",
+            "querying_client": query_client,
+            "query_classes": list(query_classes),
+            "probe": {"scores": {k: v.tolist() for k, v in scores.items()},
+                      "masks": {k: torch.nonzero(m).flatten().tolist() for k, m in masks.items()}},
+            "experts": selection.experts,
+            "fallbacks": selection.fallbacks,
+            "metrics": metrics,
+            "dropped": self.dropped,
+            "bytes": self.bytes,
+            "seconds": self.seconds,
+        }  # fmt: skip
