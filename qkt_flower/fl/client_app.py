@@ -41,12 +41,12 @@ def federation(cfg: ExperimentConfig) -> Federation:
 
 
 def partition_id(context: Context) -> int:
-    """This node's client index (``partition-id`` in its node config)."""
+    """Client index of this node (``partition-id`` in its node config)."""
     return int(context.node_config["partition-id"])
 
 
 def local_model(cfg: ExperimentConfig, fed: Federation, context: Context) -> torch.nn.Module:
-    """This node's trained model, rebuilt from ``context.state``."""
+    """The trained model of this node, rebuilt from ``context.state``."""
     if R.LOCAL_MODEL not in context.state.array_records:
         raise RuntimeError("this node has no trained model yet: a 'train' message must come first")
     model = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)

@@ -23,8 +23,11 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
     from qkt_flower.fl.server_app import make_server_app
 
     if cfg.simulation.num_supernodes != cfg.partition.num_clients:
-        raise ConfigError("simulation.num_supernodes", cfg.simulation.num_supernodes,
-                          f"equal to partition.num_clients ({cfg.partition.num_clients}): one node per client")  # fmt: skip
+        raise ConfigError(
+            "simulation.num_supernodes",
+            cfg.simulation.num_supernodes,
+            f"equal to partition.num_clients ({cfg.partition.num_clients}): one node per client",
+        )
     backend = {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
         "init_args": {"include_dashboard": False, "num_cpus": max(os.cpu_count() or 1, 1)},

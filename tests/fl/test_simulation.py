@@ -1,0 +1,119 @@
+"""Real Flower simulations (Ray backend) of the QKT apps, compared with the reference runner."""
+
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from omegaconf import OmegaConf
+
+from qkt_flower.config import compose_config, to_config
+from qkt_flower.fl import client_app as product
+from qkt_flower.fl import records as R
+from qkt_flower.fl.simulation import simulate
+from qkt_flower.reference import run_reference
+from qkt_flower.results import load_results
+
+pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
+
+OVERRIDES = [
+    "dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
+    "partition.num_clients=5", "strategy.control=false",
+]  # fmt: skip
+
+
+def _config(extra=()):
+    dcfg = compose_config([*OVERRIDES, *extra])
+    return to_config(dcfg), OmegaConf.to_yaml(dcfg, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def flower_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    cfg, yaml = _config()
+    simulate(cfg, yaml, out)
+    return load_results(out)
+
+
+def test_simulation_runs_qkt_end_to_end(flower_run):
+    m = flower_run["metrics"]
+    assert flower_run["dropped"] == {}
+    assert m["after.query_acc"] > m["before.query_acc"] + 0.3
+    assert set(flower_run["bytes"]["sent"]) == {"train", "probe", "weights", "qkt"}
+    assert flower_run["bytes"]["received"]["weights"] > 0
+
+
+def test_simulation_agrees_with_reference(flower_run):
+    """Same seed, partitions and hyper-parameters: identical masks and accuracies.
+
+    Both paths run the same functions on CPU with the same seeds; probe scores travel as float64 in a
+    MetricRecord (float32 computed), so masks are compared exactly and accuracies to 1e-6.
+    """
+    cfg, _ = _config()
+    ref = run_reference(cfg)
+    assert {str(k): v for k, v in ref["probe"]["masks"].items()} == flower_run["probe"]["masks"]
+    assert {str(c): v for c, v in ref["experts"].items()} == flower_run["experts"]
+    for stage in ("before", "after"):
+        for key in ("query_acc", "local_acc", "overall_acc"):
+            assert flower_run["metrics"][f"{stage}.{key}"] == pytest.approx(ref[stage][key], abs=1e-6)
+
+
+def test_querying_node_never_sends_data(flower_run):
+    """The querying node's replies: train = counts and its query; qkt = aggregate metrics. No tensors, no per-sample values."""
+    sent_by_q = flower_run["bytes"]["received"]["qkt"]
+    assert sent_by_q < 2_000  # a few dozen floats; one 28x28 image alone is 784 bytes, its 5 shots 3,920
+    assert all(not isinstance(v, list) for v in flower_run["metrics"].values())
+
+
+def _faulty_client_app(fail_probe: int, fail_weights: int) -> ClientApp:
+    """The product's handlers, except that one node raises while probing and another while sending weights."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return product.train(msg, context)
+
+    @app.train("qkt")
+    def qkt(msg: Message, context: Context) -> Message:
+        return product.qkt(msg, context)
+
+    @app.query("probe")
+    def probe(msg: Message, context: Context) -> Message:
+        if product.partition_id(context) == fail_probe:
+            raise RuntimeError("injected failure while probing")
+        return product.probe(msg, context)
+
+    @app.query("weights")
+    def weights(msg: Message, context: Context) -> Message:
+        if product.partition_id(context) == fail_weights:
+            raise RuntimeError("injected failure while sending weights")
+        return product.weights(msg, context)
+
+    return app
+
+
+def test_failing_nodes_do_not_stop_the_run(tmp_path):
+    from flwr.simulation import run_simulation
+
+    from qkt_flower.fl.server_app import make_server_app
+
+    cfg, yaml = _config(["query.classes=[1]"])
+    ref = run_reference(cfg)
+    experts = ref["experts"][1]
+    fail_weights = experts[0]  # an expert of the query class fails to send its weights
+    fail_probe = next(k for k in range(1, 5) if k not in experts)
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False}}
+    run_simulation(make_server_app(yaml, tmp_path), _faulty_client_app(fail_probe, fail_weights), 5,
+                   backend_config=backend)  # fmt: skip
+    res = load_results(tmp_path)
+    assert set(res["dropped"]) == {str(fail_probe), str(fail_weights)}
+    assert "probe" in res["dropped"][str(fail_probe)] and "injected" in res["dropped"][str(fail_probe)]
+    assert "weights" in res["dropped"][str(fail_weights)]
+    assert str(fail_probe) not in res["probe"]["scores"]
+    assert fail_weights not in res["experts"]["1"]
+    assert res["metrics"]["after.query_acc"] > res["metrics"]["before.query_acc"]
+
+
+def test_records_round_trip():
+    masks = {3: ((1,), (1, 2, 5)), 7: ((1, 4), (0, 1, 4))}
+    assert R.unpack_masks(R.pack_masks(masks)) == masks
