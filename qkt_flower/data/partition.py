@@ -70,9 +70,10 @@ def partition_indices(
     else:
         raise ConfigError("partition.kind", kind, f"one of {list(PARTITIONS)}")
 
-    partitioner.dataset = Dataset.from_dict({"label": labels.tolist(), "idx": list(range(n))})
+    table = Dataset.from_dict({"label": labels.tolist(), "idx": list(range(n))})
     if kind == "iid":  # IidPartitioner splits in order: shuffle the rows first, with the seed
-        partitioner.dataset = partitioner.dataset.shuffle(seed=seed)
+        table = table.shuffle(seed=seed)
+    partitioner.dataset = table
     try:
         parts = [
             torch.tensor(sorted(partitioner.load_partition(i)["idx"]), dtype=torch.long) for i in range(num_clients)

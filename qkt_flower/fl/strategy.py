@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+from tqdm.auto import tqdm
 
 from qkt_flower import workflow as wf
 from qkt_flower.config import ExperimentConfig
@@ -34,10 +35,14 @@ class QKTStrategy:
         The experiment, typed and as resolved YAML (shipped to the nodes, which rebuild their data from it).
     timeout
         Seconds to wait for the replies of one step.
+    connect_timeout
+        Seconds to wait for all ``partition.num_clients`` nodes to connect before starting with those present.
     """
 
-    def __init__(self, cfg: ExperimentConfig, cfg_yaml: str, timeout: float = 3600.0) -> None:
-        self.cfg, self.cfg_yaml, self.timeout = cfg, cfg_yaml, timeout
+    def __init__(
+        self, cfg: ExperimentConfig, cfg_yaml: str, timeout: float = 3600.0, connect_timeout: float = 300.0
+    ) -> None:
+        self.cfg, self.cfg_yaml, self.timeout, self.connect_timeout = cfg, cfg_yaml, timeout, connect_timeout
         self.bytes = {"sent": {}, "received": {}}
         self.dropped: dict[int, str] = {}  # client id (or node id before training) -> reason
         self.seconds: dict[str, float] = {}
@@ -72,6 +77,20 @@ class QKTStrategy:
     def _message(self, node_id: int, message_type: str, **records) -> Message:
         content = RecordDict({R.EXPERIMENT: R.pack_experiment(self.cfg_yaml), **records})
         return Message(content=content, dst_node_id=node_id, message_type=message_type)
+
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        """Node ids once every expected node has connected (or ``connect_timeout`` passed).
+
+        Nodes register asynchronously, in simulation as in deployment: asking once may see only some
+        of them, which would silently drop teachers from the query.
+        """
+        expected, deadline = self.cfg.partition.num_clients, time.monotonic() + self.connect_timeout
+        while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if len(nodes) < expected:
+            log.warning("only %d of %d nodes connected within %.0f s; going on", len(nodes), expected,
+                        self.connect_timeout)  # fmt: skip
+        return nodes
 
     # -- the four steps ------------------------------------------------------------------------------
     def train(self, grid: Grid, node_ids: Iterable[int]) -> dict[int, int]:
@@ -130,7 +149,12 @@ class QKTStrategy:
         The server holds no data: the querying node announces its query classes, label-space size and
         input shape in its training reply.
         """
-        node_of = self.train(grid, grid.get_node_ids())
+        steps = tqdm(total=4, desc="QKT", unit="step", disable=not self.cfg.progress)
+        steps.set_postfix_str("local training")
+        node_of = self.train(grid, self.wait_for_nodes(grid))
+        for k in range(self.cfg.partition.num_clients):
+            if k not in node_of:  # never connected, or failed training (then also listed by node id)
+                self.dropped.setdefault(str(k), "train: no trained model from this client")
         query_client = self.cfg.query.client
         if query_client not in node_of:
             raise RuntimeError(f"the querying client {query_client} did not train; nothing to do")
@@ -138,7 +162,11 @@ class QKTStrategy:
         query_classes = [int(c) for c in info["query-classes"]]
         num_classes, shape = int(info["num-classes"]), tuple(int(v) for v in info["input-shape"])
         teachers = {k: n for k, n in node_of.items() if k != query_client}
+        steps.update()
+        steps.set_postfix_str(f"probing {len(teachers)} teachers")
         scores = self.probe(grid, teachers, shape, num_classes)
+        steps.update()
+        steps.set_postfix_str("fetching experts")
         masks, selection = wf.choose_experts(self.cfg, scores, tuple(query_classes))
         arrays = self.fetch(grid, selection.relevant, node_of)
         for _ in range(len(scores)):  # an expert that failed to send weights: re-select without it
@@ -149,7 +177,11 @@ class QKTStrategy:
             arrays.update(self.fetch(grid, [k for k in selection.relevant if k not in arrays], node_of))
         experts = wf.expert_classes(masks, selection)
         arrays = {k: arrays[k] for k in selection.relevant}
+        steps.update()
+        steps.set_postfix_str(f"query learning with {len(arrays)} experts")
         metrics = self.query(grid, node_of[query_client], arrays, experts)
+        steps.update()
+        steps.close()
         return {
             "method": "qkt-flower",
             "querying_client": query_client,

@@ -38,6 +38,7 @@ def flower_run(tmp_path_factory):
 def test_simulation_runs_qkt_end_to_end(flower_run):
     m = flower_run["metrics"]
     assert flower_run["dropped"] == {}
+    assert sorted(flower_run["probe"]["scores"]) == ["1", "2", "3", "4"]  # every teacher was probed
     assert m["after.query_acc"] > m["before.query_acc"] + 0.3
     assert set(flower_run["bytes"]["sent"]) == {"train", "probe", "weights", "qkt"}
     assert flower_run["bytes"]["received"]["weights"] > 0
@@ -59,7 +60,7 @@ def test_simulation_agrees_with_reference(flower_run):
 
 
 def test_querying_node_never_sends_data(flower_run):
-    """The querying node's replies: train = counts and its query; qkt = aggregate metrics. No tensors, no per-sample values."""
+    """Replies of the querying node: counts and its query, then aggregate metrics; no tensors, no per-sample values."""
     sent_by_q = flower_run["bytes"]["received"]["qkt"]
     assert sent_by_q < 2_000  # a few dozen floats; one 28x28 image alone is 784 bytes, its 5 shots 3,920
     assert all(not isinstance(v, list) for v in flower_run["metrics"].values())

@@ -1,0 +1,107 @@
+"""Exact checks of the algorithm pieces on hand-made tensors."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.models.cnn import SmallCNN
+from qkt_flower.qkt.engine import OptimSpec
+from qkt_flower.qkt.losses import collapsed_kd, collapsed_log_probs
+from qkt_flower.qkt.mask import expert_mask, mask_quality, select_experts
+from qkt_flower.qkt.phases import Expert, PhaseSpec, QKTSpec, QueryTask, query_learning
+from qkt_flower.qkt.probe import check_probe_reply, make_probe, probe_scores
+
+
+def test_relative_rule_on_hand_made_probe_answers():
+    scores = torch.tensor([0.50, 0.30, 0.12, 0.05, 0.03])  # C = 5: threshold lam / C
+    assert expert_mask(scores, "relative", 1.0).tolist() == [True, True, False, False, False]  # >= 0.2
+    assert expert_mask(scores, "relative", 0.5).tolist() == [True, True, True, False, False]  # >= 0.1
+    assert expert_mask(scores, "topk", 3).tolist() == [True, True, True, False, False]
+    assert expert_mask(scores, "max_ratio", 0.5).tolist() == [True, True, False, False, False]  # >= 0.25
+
+
+def test_experts_and_fallback():
+    scores = {1: torch.tensor([0.7, 0.2, 0.1]), 2: torch.tensor([0.1, 0.8, 0.1]), 3: torch.tensor([0.5, 0.4, 0.1])}
+    masks = {k: expert_mask(s, "relative", 1.0) for k, s in scores.items()}  # threshold 1/3
+    sel = select_experts(masks, scores, (1, 2))
+    assert sel.experts[1] == [2, 3]
+    assert sel.experts[2] == [1] and sel.fallbacks == [2]  # nobody passes 1/3 on class 2: ties -> first top scorer
+    assert sel.relevant == [1, 2, 3]
+
+
+def test_mask_quality_hand_computed():
+    masks = {1: torch.tensor([True, True, False]), 2: torch.tensor([False, True, True])}
+    truth = {1: torch.tensor([True, False, False]), 2: torch.tensor([False, True, True])}
+    q = mask_quality(masks, truth)
+    assert q["precision"] == pytest.approx(3 / 4) and q["recall"] == 1.0
+
+
+def test_probe_reply_validation():
+    assert check_probe_reply(torch.tensor([0.5, 0.5]), 2) is None
+    assert "non-finite" in check_probe_reply(torch.tensor([float("nan"), 1.0]), 2)
+    assert "expected 3" in check_probe_reply(torch.tensor([0.5, 0.5]), 3)
+    assert "sum" in check_probe_reply(torch.tensor([0.5, 0.6]), 2)
+    assert "numeric" in check_probe_reply("abc", 2)
+
+
+def test_probe_is_reproducible_and_scores_sum_to_one():
+    assert torch.equal(make_probe((1, 4, 4), 8, seed=3), make_probe((1, 4, 4), 8, seed=3))
+    model = SmallCNN(1, 4, image_size=8)
+    s = probe_scores(model, make_probe((1, 8, 8), 16, seed=0), temperature=10.0)
+    assert s.shape == (4,) and float(s.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_collapsed_log_probs_hand_computed():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    out = collapsed_log_probs(logits, torch.tensor([0])).exp()
+    assert out.tolist()[0] == pytest.approx([0.5, 0.5])
+    out = collapsed_log_probs(logits, torch.tensor([1, 2])).exp()
+    assert out.tolist()[0] == pytest.approx([0.3, 0.2, 0.5])
+    student = torch.log(torch.tensor([[0.25, 0.25, 0.5]]))
+    kd = collapsed_kd(student, logits, torch.tensor([0]), temperature=1.0)  # KL([.5,.5] || [.25,.75])
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert float(kd) == pytest.approx(expected, rel=1e-5)
+
+
+def _toy_task():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 30 + [1] * 30 + [2] * 3)
+    images = (torch.rand(len(labels), 1, 8, 8, generator=gen) * 255).to(torch.uint8)
+    images[labels == 1] //= 2
+    data = ImageDataset(images, labels, ("a", "b", "c"), (0.5,), (0.25,))
+    return QueryTask(data, query_classes=(2,), local_classes=(0, 1))
+
+
+def _spec(mode):
+    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
+    return QKTSpec(mode=mode, phase1=phase, phase2=phase)
+
+
+def test_phase2_changes_only_the_head():
+    torch.manual_seed(0)
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    original = copy.deepcopy(local.state_dict())
+    experts = [Expert(teacher, (2,), (1, 2))]
+    student, _ = query_learning(local, _toy_task(), experts, _spec("light"), seed=0)
+    after = student.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], original[k])}
+    assert changed == {"head.weight", "head.bias"}  # features and BatchNorm statistics bit-identical
+    assert all(torch.equal(v, original[k]) for k, v in local.state_dict().items())  # input model untouched
+
+
+def test_phase1_changes_the_feature_extractor_and_is_deterministic():
+    torch.manual_seed(0)
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    experts = [Expert(teacher, (2,), (1, 2))]
+    a, _ = query_learning(local, _toy_task(), experts, _spec("two-phase"), seed=5)
+    b, _ = query_learning(local, _toy_task(), experts, _spec("two-phase"), seed=5)
+    assert not torch.equal(a.body[0].weight, local.body[0].weight)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode"):
+        query_learning(SmallCNN(1, 3, image_size=8), _toy_task(), [], _spec("nope"), seed=0)
