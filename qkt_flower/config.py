@@ -150,11 +150,13 @@ class QueryConfig:
 
 @dataclass
 class SimulationConfig:
-    """Flower simulation size and per-client resources."""
+    """Flower runtime: simulation size, per-client resources, and how long the server waits for nodes."""
 
     num_supernodes: int
-    num_cpus: float
+    num_cpus: int
     num_gpus: float
+    connect_timeout: float
+    reply_timeout: float
 
 
 @dataclass
@@ -287,6 +289,11 @@ def validate(cfg: ExperimentConfig) -> None:
             )
     _check(s.phase2.gamma >= 0, "strategy.phase2.gamma", s.phase2.gamma, "a float >= 0")
     _check(0 <= q.client < p.num_clients, "query.client", q.client, f"a client index in [0, {p.num_clients - 1}]")
+    sim = cfg.simulation
+    _check(sim.num_cpus >= 1, "simulation.num_cpus", sim.num_cpus, "an integer >= 1 (CPUs per simulated client)")
+    _check(sim.num_gpus >= 0, "simulation.num_gpus", sim.num_gpus, "a float >= 0 (fractions share a GPU)")
+    for key in ("connect_timeout", "reply_timeout"):
+        _check(getattr(sim, key) > 0, f"simulation.{key}", getattr(sim, key), "seconds > 0")
     _check(q.shots >= 0, "query.shots", q.shots, "an integer >= 0")
     _check(q.min_local_count >= 1, "query.min_local_count", q.min_local_count, "an integer >= 1")
     num_classes = KNOWN_NUM_CLASSES.get(d.name)

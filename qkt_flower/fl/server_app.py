@@ -40,7 +40,7 @@ def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = No
         yaml = cfg_yaml or config_yaml_from_run_config(dict(context.run_config))
         cfg = to_config(OmegaConf.create(yaml))
         start = time.perf_counter()
-        results = QKTStrategy(cfg, yaml).run(grid)
+        results = QKTStrategy(cfg, yaml, cfg.simulation.reply_timeout, cfg.simulation.connect_timeout).run(grid)
         results["seconds"]["total"] = time.perf_counter() - start
         folder = Path(out_dir or context.run_config.get("output-dir") or f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}")
         path = save_results(folder, results, OmegaConf.create(yaml))

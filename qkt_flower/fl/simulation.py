@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
+from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataNotFoundError
 
 
@@ -17,6 +19,7 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
     """Run QKT with ``simulation.num_supernodes`` simulated nodes; results go to ``out_dir``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB logs its setup at INFO
     from flwr.simulation import run_simulation
 
     from qkt_flower.fl.client_app import app as client_app
@@ -28,6 +31,7 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
             cfg.simulation.num_supernodes,
             f"equal to partition.num_clients ({cfg.partition.num_clients}): one node per client",
         )
+    build_federation(cfg)  # refuses a bad query scenario here, before any process starts
     backend = {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
         "init_args": {"include_dashboard": False, "num_cpus": max(os.cpu_count() or 1, 1)},

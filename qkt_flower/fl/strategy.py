@@ -157,7 +157,8 @@ class QKTStrategy:
                 self.dropped.setdefault(str(k), "train: no trained model from this client")
         query_client = self.cfg.query.client
         if query_client not in node_of:
-            raise RuntimeError(f"the querying client {query_client} did not train; nothing to do")
+            reasons = "; ".join(f"{k}: {v}" for k, v in self.dropped.items()) or "it never connected"
+            raise RuntimeError(f"the querying client {query_client} did not train, nothing to do ({reasons})")
         info = self.info[query_client]
         query_classes = [int(c) for c in info["query-classes"]]
         num_classes, shape = int(info["num-classes"]), tuple(int(v) for v in info["input-shape"])

@@ -118,3 +118,16 @@ def test_failing_nodes_do_not_stop_the_run(tmp_path):
 def test_records_round_trip():
     masks = {3: ((1,), (1, 2, 5)), 7: ((1, 4), (0, 1, 4))}
     assert R.unpack_masks(R.pack_masks(masks)) == masks
+
+
+def test_flwr_run_matches_simulation(flower_run, tmp_path):
+    """`flwr run .` on a local simulation SuperLink gives the same results, and leaves no SuperLink running."""
+    from qkt_flower.fl.launch import flwr_run_simulation, superlink_pids
+
+    home = tmp_path / "flwr-home"
+    flwr_run_simulation(OVERRIDES, tmp_path / "out", home=home, timeout=900)
+    res = load_results(tmp_path / "out")
+    assert superlink_pids(home) == []
+    assert res["probe"]["masks"] == flower_run["probe"]["masks"]
+    for key in ("before.query_acc", "after.query_acc", "after.local_acc"):
+        assert res["metrics"][key] == pytest.approx(flower_run["metrics"][key], abs=1e-6)

@@ -1,0 +1,154 @@
+"""Run the QKT apps with ``flwr run .`` on a local simulation SuperLink, and clean up after it.
+
+``flwr run . local`` (connection address ``:local:``) starts a *detached* SuperLink that keeps running after
+the run. This module wraps the plain Flower CLI so that scripts and tests leave nothing behind: it points
+``FLWR_HOME`` at a folder of the run, sets the offline switches, derives the federation size and client
+resources from the Hydra config (``partition.num_clients``, ``simulation.num_cpus`` / ``num_gpus``) so they are
+never restated by hand, checks the run's final status with ``flwr ls`` (``--stream`` exits 0 for a failed run)
+and stops the SuperLink by its pid.
+
+    python -m qkt_flower.fl.launch seed=1 query=multi        # Hydra overrides, as for qkt-flower
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from qkt_flower.config import compose_config, to_config
+from qkt_flower.data.federation import build_federation
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+OFFLINE_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # else every run tries to `uv sync` from the network
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def flwr_env(home: Path) -> dict[str, str]:
+    """Environment for the ``flwr`` CLI: offline switches and ``FLWR_HOME``."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # flower-superlink
+    return {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home), "PATH": path}
+
+
+def write_local_connection(home: Path) -> None:
+    """``$FLWR_HOME/config.toml`` with one connection, ``local``: the local simulation SuperLink."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
+
+
+def _flwr_bin() -> str:
+    return str(Path(sys.executable).with_name("flwr"))
+
+
+def superlink_pids(home: Path) -> list[int]:
+    """Pids of SuperLinks started by ``flwr run`` for this ``FLWR_HOME`` (their ``--database`` lives in it)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"flower-superlink") for a in argv) and any(str(home).encode() in a for a in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_superlink(home: Path, grace: float = 10.0) -> list[int]:
+    """Stop (SIGTERM, then SIGKILL after ``grace`` s) every SuperLink of this ``FLWR_HOME``; returns their pids."""
+    pids = superlink_pids(home)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+    return pids
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def last_run_status(home: Path) -> str:
+    """Status of the newest run on the local SuperLink, e.g. ``finished:completed``."""
+    out = subprocess.run(
+        [_flwr_bin(), "ls", "local", "--format", "json"], env=flwr_env(home), capture_output=True, text=True
+    )
+    try:
+        runs = json.loads(out.stdout)["runs"]
+    except (ValueError, KeyError) as err:
+        raise RuntimeError(f"`flwr ls` gave no run list: {out.stdout or out.stderr}") from err
+    return max(runs, key=lambda r: r["pending-at"])["status"] if runs else "no run"
+
+
+def flwr_run_simulation(
+    overrides: list[str], out_dir: Path, home: Path | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """``flwr run . local --stream`` with the given Hydra overrides; results go to ``out_dir``.
+
+    Raises ``RuntimeError`` if the run did not finish as completed. The SuperLink is stopped in every case.
+    """
+    cfg = to_config(compose_config(overrides))
+    build_federation(cfg)  # refuses bad config values and query scenarios before any process starts
+    home = Path(home or tempfile.mkdtemp(prefix="flwr-home-"))
+    write_local_connection(home)
+    run_config = f"overrides={json.dumps(shlex.join(overrides))} output-dir={json.dumps(str(Path(out_dir).resolve()))}"
+    federation = (
+        f"num-supernodes={cfg.partition.num_clients} client-resources-num-cpus={cfg.simulation.num_cpus} "
+        f"client-resources-num-gpus={float(cfg.simulation.num_gpus)}"
+    )
+    cmd = [_flwr_bin(), "run", str(PROJECT_DIR), "local", "--stream", "--run-config", run_config,
+           "--federation-config", federation]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, env=flwr_env(home), timeout=timeout, text=True, capture_output=True)
+        status = last_run_status(home)
+    finally:
+        stop_superlink(home)
+    if proc.returncode != 0 or status != "finished:completed":
+        raise RuntimeError(f"flwr run failed (exit {proc.returncode}, status {status}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m qkt_flower.fl.launch [HYDRA OVERRIDES...]``: one QKT experiment via ``flwr run .``."""
+    from datetime import datetime
+
+    from qkt_flower.errors import ConfigError, DataNotFoundError
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    out_dir = Path(f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}")
+    try:
+        proc = flwr_run_simulation(overrides, out_dir)
+    except (ConfigError, DataNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(proc.stdout[-2000:])
+    print(f"results: {out_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
