@@ -160,6 +160,23 @@ class SimulationConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """Baselines computed in the same run as QKT (one-round ones) or by Flower's strategies (federated ones)."""
+
+    one_round: list[str]
+    federated: list[str]
+    rounds: int
+    eval_rounds: list[int]
+    epochs_per_round: int
+    fedprox_mu: float
+    finetune: bool
+
+
+ONE_ROUND_BASELINES = ("ensemble", "vanilla_kd", "feddf")
+FEDERATED_BASELINES = ("fedavg", "fedprox")
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: every config group plus the run-wide values."""
 
@@ -169,6 +186,7 @@ class ExperimentConfig:
     strategy: StrategyConfig
     query: QueryConfig
     simulation: SimulationConfig
+    baselines: BaselinesConfig
     local: LocalConfig
     seed: int
     device: str
@@ -289,6 +307,20 @@ def validate(cfg: ExperimentConfig) -> None:
             )
     _check(s.phase2.gamma >= 0, "strategy.phase2.gamma", s.phase2.gamma, "a float >= 0")
     _check(0 <= q.client < p.num_clients, "query.client", q.client, f"a client index in [0, {p.num_clients - 1}]")
+    b = cfg.baselines
+    bad = [m for m in b.one_round if m not in ONE_ROUND_BASELINES]
+    _check(not bad, "baselines.one_round", list(b.one_round), f"a list of {list(ONE_ROUND_BASELINES)}")
+    bad = [m for m in b.federated if m not in FEDERATED_BASELINES]
+    _check(not bad, "baselines.federated", list(b.federated), f"a list of {list(FEDERATED_BASELINES)}")
+    _check(b.rounds >= 1, "baselines.rounds", b.rounds, "an integer >= 1")
+    _check(
+        bool(b.eval_rounds) and all(1 <= r <= b.rounds for r in b.eval_rounds),
+        "baselines.eval_rounds",
+        list(b.eval_rounds),
+        f"a non-empty list of rounds in [1, baselines.rounds={b.rounds}]",
+    )
+    _check(b.epochs_per_round >= 1, "baselines.epochs_per_round", b.epochs_per_round, "an integer >= 1")
+    _check(b.fedprox_mu >= 0, "baselines.fedprox_mu", b.fedprox_mu, "a float >= 0")
     sim = cfg.simulation
     _check(sim.num_cpus >= 1, "simulation.num_cpus", sim.num_cpus, "an integer >= 1 (CPUs per simulated client)")
     _check(sim.num_gpus >= 0, "simulation.num_gpus", sim.num_gpus, "a float >= 0 (fractions share a GPU)")

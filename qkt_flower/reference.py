@@ -85,6 +85,14 @@ def run_reference(cfg: ExperimentConfig) -> dict:
         evaluation["control"] = evaluate(control)
         seconds["control"] = time.perf_counter() - start
 
+    sizes = {k: len(scen.partitions[k]) for k in range(fed.num_clients)}
+    for name in cfg.baselines.one_round:
+        start = time.perf_counter()
+        others = {k: models[k] for k in teachers}
+        model = wf.one_round_baseline(cfg, fed, name, models[scen.client], others, sizes, device)
+        evaluation[name] = evaluate(model)
+        seconds[name] = time.perf_counter() - start
+
     model_bytes = _param_bytes(models[scen.client])
     num_classes = fed.train.num_classes
     return {

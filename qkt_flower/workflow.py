@@ -150,3 +150,60 @@ def control_model(cfg: ExperimentConfig, fed: Federation, local_model: nn.Module
     """The class-balanced CE control on the phase-1 budget (no teacher)."""
     spec = qkt_spec(cfg.strategy).phase1
     return balanced_finetune(local_model, query_task(fed), spec, cfg.seed, device, cfg.progress)
+
+
+def one_round_baseline(
+    cfg: ExperimentConfig,
+    fed: Federation,
+    name: str,
+    local_model: nn.Module,
+    teachers: dict[int, nn.Module],
+    sizes: dict[int, int],
+    device,
+) -> nn.Module:
+    """A one-round baseline on the querying client, from every teacher's weights (no probe, no mask).
+
+    ``sizes`` are the clients' sample counts (the server learns them from the train replies), used by
+    FedDF's weighted average. Budgets are QKT's phase 1 (same batches, epochs and optimiser).
+    """
+    from qkt_flower.baselines.averaging import average_state_dicts
+    from qkt_flower.baselines.distill import ensemble_distillation, vanilla_kd
+    from qkt_flower.baselines.ensemble import LogitEnsemble
+
+    spec = qkt_spec(cfg.strategy)
+    members = [teachers[k].to(device).eval() for k in sorted(teachers)]
+    if name == "ensemble":  # every client's model, the querying client's own included
+        return LogitEnsemble([local_model.to(device).eval(), *members]).eval()
+    if name == "vanilla_kd":
+        return vanilla_kd(
+            local_model, query_task(fed), members, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
+        )
+    if name == "feddf":
+        everyone = {**teachers, fed.scenario.client: local_model}
+        ids = sorted(everyone)
+        average = average_state_dicts([everyone[k].state_dict() for k in ids], [sizes[k] for k in ids])
+        start = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=cfg.seed)
+        start.load_state_dict(average)
+        ensemble = [everyone[k].to(device).eval() for k in ids]
+        return ensemble_distillation(
+            start, query_task(fed), ensemble, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
+        )
+    raise ValueError(f"unknown one-round baseline {name!r}")
+
+
+def federated_round(
+    cfg: ExperimentConfig, fed: Federation, client: int, model: nn.Module, server_round: int, mu: float, device
+) -> nn.Module:
+    """One client round of FedAvg (``mu = 0``) / FedProx from the global weights in ``model`` (trained in place)."""
+    from qkt_flower.baselines.proximal import train_round
+
+    b = cfg.baselines
+    seed = client_seed(cfg.seed, client) + 7_919 * server_round  # a fresh batch order every round
+    train_round(model, fed.client_data(client), b.epochs_per_round, cfg.local.batch_size, optim_spec(cfg.local),
+                seed, mu, device)  # fmt: skip
+    return model.eval()
+
+
+def initial_global_model(cfg: ExperimentConfig, input_shape, num_classes: int) -> nn.Module:
+    """The federated baselines' starting point: a fresh model from the run's seed."""
+    return build_model(cfg.model.name, tuple(input_shape), num_classes, seed=cfg.seed)

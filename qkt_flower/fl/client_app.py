@@ -61,7 +61,12 @@ def reply(msg: Message, **records) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Step 0: train this node's model on its partition and keep it in ``context.state``."""
+    """Step 0: train this node's model on its partition and keep it in ``context.state``.
+
+    A message from Flower's FedAvg/FedProx (global ``arrays`` + ``config``) is a federated round instead.
+    """
+    if R.FL_ARRAYS in msg.content.array_records:
+        return federated_round(msg, context)
     cfg = R.unpack_experiment(msg.content)
     fed = federation(cfg)
     k = partition_id(context)
@@ -117,4 +122,66 @@ def qkt(msg: Message, context: Context) -> Message:
         **{f"seconds.{k}": float(v) for k, v in info["seconds"].items()},
         "num-examples": len(fed.scenario.partitions[s.client]),
     }
+    return reply(msg, **{R.METRICS: MetricRecord(metrics)})
+
+
+def _model_from(cfg: ExperimentConfig, fed: Federation, record: ArrayRecord) -> torch.nn.Module:
+    model = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
+    model.load_state_dict(R.state_dict_of(record))
+    return model.eval()
+
+
+def federated_round(msg: Message, context: Context) -> Message:
+    """A FedAvg (or FedProx, with ``proximal-mu`` in the config) round: train the global model on this partition."""
+    config = msg.content.config_records[R.FL_CONFIG]
+    cfg = R.experiment_from_yaml(str(config[R.FL_EXPERIMENT]))
+    fed = federation(cfg)
+    k = partition_id(context)
+    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])
+    mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
+    model = wf.federated_round(cfg, fed, k, model, int(config["server-round"]), mu, wf.resolve_device(cfg.device))
+    metrics = MetricRecord({"num-examples": len(fed.scenario.partitions[k])})
+    return reply(msg, **{R.FL_ARRAYS: ArrayRecord(model.cpu().state_dict()), R.METRICS: metrics})
+
+
+def _view_metrics(prefix: str, model: torch.nn.Module, fed: Federation, device) -> dict[str, float]:
+    s = fed.scenario
+    return R.flat_metrics(
+        prefix, evaluate_view(model, fed.test_view(), s.query_classes, s.local_classes, device=device)
+    )
+
+
+@app.train("baselines")
+def baselines(msg: Message, context: Context) -> Message:
+    """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
+    cfg = R.unpack_experiment(msg.content)
+    fed = federation(cfg)
+    if partition_id(context) != fed.scenario.client:
+        raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
+    device = wf.resolve_device(cfg.device)
+    spec = msg.content.config_records[R.BASELINE_SPEC]
+    teachers = {
+        int(key.removeprefix(R.TEACHER_PREFIX)): _model_from(cfg, fed, record)
+        for key, record in msg.content.array_records.items()
+        if key.startswith(R.TEACHER_PREFIX)
+    }
+    sizes = {int(key.split(".")[0]): int(v) for key, v in spec.items() if key.endswith(".size")}
+    mine = local_model(cfg, fed, context)
+    metrics: dict[str, float] = {}
+    for name in spec["methods"]:
+        model = wf.one_round_baseline(cfg, fed, str(name), mine, teachers, sizes, device)
+        metrics.update(_view_metrics(str(name), model, fed, device))
+    return reply(msg, **{R.METRICS: MetricRecord(metrics)})
+
+
+@app.query("evaluate")
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """On the querying node: test-view accuracy of a global model, and after fine-tuning it on its own data."""
+    cfg = R.unpack_experiment(msg.content)
+    fed = federation(cfg)
+    device = wf.resolve_device(cfg.device)
+    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])
+    metrics = _view_metrics("global", model, fed, device)
+    if cfg.baselines.finetune:
+        metrics.update(_view_metrics("finetuned", wf.control_model(cfg, fed, model, device), fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})

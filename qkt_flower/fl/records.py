@@ -17,6 +17,8 @@ TRAIN = "train"
 PROBE = "query.probe"
 WEIGHTS = "query.weights"
 QKT = "train.qkt"
+BASELINES = "train.baselines"  # every teacher's weights to the querying node: one-round baselines
+EVALUATE = "query.evaluate"  # a global model to the querying node: test-view accuracy (and after fine-tuning)
 
 # record keys
 EXPERIMENT = "experiment"  # ConfigRecord {"yaml": resolved experiment config}
@@ -27,6 +29,10 @@ EXPERT_ARRAYS = "expert-arrays."  # prefix + teacher id, in the train.qkt messag
 EXPERT_MASKS = "expert-masks"  # ConfigRecord {"<id>.query": [..], "<id>.known": [..]}
 METRICS = "metrics"  # MetricRecord of a reply
 LOCAL_MODEL = "local-model"  # ArrayRecord kept in the node's context.state
+TEACHER_PREFIX = "teacher-arrays."  # prefix + client id, in the train.baselines message
+BASELINE_SPEC = "baselines"  # ConfigRecord {"methods": [..], "<id>.size": n} (sizes from the train replies)
+# Flower's FedAvg/FedProx messages: {"arrays": ArrayRecord, "config": ConfigRecord}; the experiment rides along
+FL_ARRAYS, FL_CONFIG, FL_EXPERIMENT = "arrays", "config", "experiment-yaml"
 
 
 def pack_experiment(cfg_yaml: str) -> ConfigRecord:
@@ -36,7 +42,12 @@ def pack_experiment(cfg_yaml: str) -> ConfigRecord:
 
 def unpack_experiment(content: RecordDict) -> ExperimentConfig:
     """Typed, validated config from a message."""
-    return to_config(OmegaConf.create(str(content.config_records[EXPERIMENT]["yaml"])))
+    return experiment_from_yaml(str(content.config_records[EXPERIMENT]["yaml"]))
+
+
+def experiment_from_yaml(text: str) -> ExperimentConfig:
+    """Typed, validated config from resolved YAML."""
+    return to_config(OmegaConf.create(text))
 
 
 def pack_probe(cfg: ExperimentConfig, shape: tuple[int, ...]) -> ConfigRecord:

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
 from qkt_flower.config import compose_config, to_config
+from qkt_flower.fl.baselines import run_baselines
 from qkt_flower.fl.strategy import QKTStrategy
 from qkt_flower.results import save_results
 
@@ -40,8 +41,13 @@ def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = No
         yaml = cfg_yaml or config_yaml_from_run_config(dict(context.run_config))
         cfg = to_config(OmegaConf.create(yaml))
         start = time.perf_counter()
-        results = QKTStrategy(cfg, yaml, cfg.simulation.reply_timeout, cfg.simulation.connect_timeout).run(grid)
+        qkt = QKTStrategy(cfg, yaml, cfg.simulation.reply_timeout, cfg.simulation.connect_timeout)
+        results = qkt.run(grid)
         results["seconds"]["total"] = time.perf_counter() - start
+        if cfg.baselines.one_round or cfg.baselines.federated:
+            start = time.perf_counter()
+            results["baselines"] = run_baselines(qkt, grid)
+            results["seconds"]["baselines"] = time.perf_counter() - start
         folder = Path(out_dir or context.run_config.get("output-dir") or f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}")
         path = save_results(folder, results, OmegaConf.create(yaml))
         log.info("QKT results: %s", path)

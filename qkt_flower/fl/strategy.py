@@ -48,12 +48,14 @@ class QKTStrategy:
         self.seconds: dict[str, float] = {}
         self.client_of: dict[int, int] = {}  # node id -> client id, learnt from the train replies
         self.info: dict[int, dict] = {}  # client id -> its train reply (num-classes, input-shape, query-classes)
+        self.node_of: dict[int, int] = {}  # client id -> node id, of the nodes that trained
 
     # -- messaging -----------------------------------------------------------------------------------
     def _exchange(self, grid: Grid, step: str, messages: list[Message]) -> list[Message]:
         """Send ``messages``, count bytes both ways, return the replies without errors."""
         start = time.perf_counter()
-        self.bytes["sent"][step] = sum(R.payload_bytes(m.content) for m in messages)
+        sent = self.bytes["sent"]  # steps may repeat (re-selection): accumulate
+        sent[step] = sent.get(step, 0) + sum(R.payload_bytes(m.content) for m in messages)
         replies = list(grid.send_and_receive(messages, timeout=self.timeout))
         ok = []
         for r in replies:
@@ -65,8 +67,9 @@ class QKTStrategy:
         for m in messages:
             if m.metadata.dst_node_id not in answered:
                 self._drop(m.metadata.dst_node_id, step, "no reply (timeout)")
-        self.bytes["received"][step] = sum(R.payload_bytes(r.content) for r in ok)
-        self.seconds[step] = time.perf_counter() - start
+        received = self.bytes["received"]
+        received[step] = received.get(step, 0) + sum(R.payload_bytes(r.content) for r in ok)
+        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
         return ok
 
     def _drop(self, node_id: int, step: str, reason: str) -> None:
@@ -123,16 +126,18 @@ class QKTStrategy:
                 self._drop(r.metadata.src_node_id, "probe", f"invalid reply: {reason}")
         return scores
 
-    def fetch(self, grid: Grid, clients: list[int], node_of: dict[int, int]) -> dict[int, object]:
-        """Weights of the relevant experts only: ``{client: ArrayRecord}``."""
+    def fetch(
+        self, grid: Grid, clients: list[int], node_of: dict[int, int], step: str = "weights"
+    ) -> dict[int, object]:
+        """Weights of ``clients`` (for QKT: the relevant experts only): ``{client: ArrayRecord}``."""
         msgs = [self._message(node_of[k], R.WEIGHTS) for k in clients]
         out = {}
-        for r in self._exchange(grid, "weights", msgs):
+        for r in self._exchange(grid, step, msgs):
             k = self.client_of[r.metadata.src_node_id]
             if R.TEACHER_ARRAYS in r.content.array_records:
                 out[k] = r.content.array_records[R.TEACHER_ARRAYS]
             else:
-                self._drop(r.metadata.src_node_id, "weights", "reply without weights")
+                self._drop(r.metadata.src_node_id, step, "reply without weights")
         return out
 
     def query(self, grid: Grid, node_id: int, arrays: dict, experts) -> dict | None:
@@ -151,7 +156,7 @@ class QKTStrategy:
         """
         steps = tqdm(total=4, desc="QKT", unit="step", disable=not self.cfg.progress)
         steps.set_postfix_str("local training")
-        node_of = self.train(grid, self.wait_for_nodes(grid))
+        node_of = self.node_of = self.train(grid, self.wait_for_nodes(grid))
         for k in range(self.cfg.partition.num_clients):
             if k not in node_of:  # never connected, or failed training (then also listed by node id)
                 self.dropped.setdefault(str(k), "train: no trained model from this client")

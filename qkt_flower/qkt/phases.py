@@ -156,7 +156,8 @@ def _step(query: QueryDistillation | None, beta: float, keep: KeepDistillation |
     return step
 
 
-def _batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: torch.Tensor | None = None) -> Batches:
+def phase_batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: torch.Tensor | None = None) -> Batches:
+    """Shuffled (class-balanced if ``spec.balanced``) batches of the transfer set, or of ``inputs`` in its order."""
     gen = torch.Generator().manual_seed(seed)
     if inputs is None:
         return image_batches(
@@ -179,7 +180,7 @@ def phase1(student, task, experts, logits, spec: QKTSpec, seed, device, progress
     step = _step(query, spec.phase1.beta, None, 0.0)
     return fit(
         student,
-        _batches(task, spec.phase1, seed, device),
+        phase_batches(task, spec.phase1, seed, device),
         step,
         spec.phase1.optim,
         spec.phase1.epochs,
@@ -198,7 +199,7 @@ def phase2(student, original_logits, task, experts, logits, spec: QKTSpec, seed,
     query = QueryDistillation(experts, logits, task.data.num_classes, spec)
     keep = KeepDistillation(original_logits, task, spec)
     step = _step(query, spec.phase2.beta, keep, spec.phase2.gamma)
-    batches = _batches(task, spec.phase2, seed + 1, device, inputs=feats)
+    batches = phase_batches(task, spec.phase2, seed + 1, device, inputs=feats)
     return fit(student.head, batches, step, spec.phase2.optim, spec.phase2.epochs, desc="phase 2", progress=progress)
 
 
@@ -210,7 +211,7 @@ def joint(student, original_logits, task, experts, logits, spec: QKTSpec, seed, 
     epochs = spec.phase1.epochs + spec.phase2.epochs
     return fit(
         student,
-        _batches(task, spec.phase1, seed, device),
+        phase_batches(task, spec.phase1, seed, device),
         step,
         spec.phase1.optim,
         epochs,
@@ -277,7 +278,7 @@ def balanced_finetune(
     student = copy.deepcopy(local_model).to(device)
     fit(
         student,
-        _batches(task, spec, seed, device),
+        phase_batches(task, spec, seed, device),
         cross_entropy_step,
         spec.optim,
         spec.epochs,

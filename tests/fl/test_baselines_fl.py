@@ -1,0 +1,55 @@
+"""Baselines on the Flower grid (Ray simulation), after QKT, in the same run."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from qkt_flower.config import compose_config, to_config
+from qkt_flower.fl.simulation import simulate
+from qkt_flower.reference import run_reference
+from qkt_flower.results import load_results
+
+pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
+
+OVERRIDES = [
+    "dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
+    "partition.num_clients=5", "strategy.control=false", "baselines=all", "baselines.rounds=2",
+    "baselines.eval_rounds=[1,2]",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("baselines")
+    dcfg = compose_config(OVERRIDES)
+    simulate(to_config(dcfg), OmegaConf.to_yaml(dcfg, resolve=True), out)
+    return load_results(out)
+
+
+def test_every_baseline_reports_test_view_metrics(run):
+    b = run["baselines"]
+    assert set(b["one_round"]) == {"ensemble", "vanilla_kd", "feddf"}
+    assert all(m["teachers"] == 4 for m in b["one_round"].values())
+    for name in ("fedavg", "fedprox"):
+        assert set(b[name]["rounds"]) == {"1", "2"}
+        for rnd in b[name]["rounds"].values():
+            assert 0.0 <= rnd["global"]["query_acc"] <= 1.0 and 0.0 <= rnd["finetuned"]["local_acc"] <= 1.0
+    assert run["dropped"] == {}
+
+
+def test_one_round_baselines_agree_with_the_reference(run):
+    ref = run_reference(to_config(compose_config(OVERRIDES)))
+    for name, metrics in run["baselines"]["one_round"].items():
+        for key in ("query_acc", "local_acc", "overall_acc"):
+            assert metrics[key] == pytest.approx(ref[name][key], abs=1e-6), (name, key)
+
+
+def test_bytes_qkt_fetches_less_than_the_baselines(run):
+    """QKT ships only the experts' weights; the one-round baselines every teacher's; FedAvg all nodes, twice."""
+    b = run["bytes"]["received"]
+    assert b["weights"] < b["baselines.weights"]
+    fedavg_round = run["baselines"]["fedavg"]["rounds"]["1"]["bytes"]
+    qkt_total = sum(run["bytes"]["sent"].get(k, 0) + run["bytes"]["received"].get(k, 0)
+                    for k in ("train", "probe", "weights", "qkt"))  # fmt: skip
+    assert qkt_total < fedavg_round
