@@ -14,6 +14,7 @@ Bytes are counted like QKT's: every payload both ways.
 from __future__ import annotations
 
 import logging
+import time
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
@@ -82,9 +83,11 @@ def run_federated(qkt: QKTStrategy, grid: Grid, name: str) -> dict:
         return MetricRecord(metrics)
 
     train_config = ConfigRecord({R.FL_EXPERIMENT: qkt.cfg_yaml})
+    start = time.perf_counter()
     strategy.start(grid, initial, num_rounds=b.rounds, timeout=qkt.timeout, train_config=train_config,
                    evaluate_fn=evaluate_fn)  # fmt: skip
-    return {"rounds": rounds, "nodes": nodes, "model_bytes": model_bytes}
+    seconds = time.perf_counter() - start
+    return {"rounds": rounds, "nodes": nodes, "model_bytes": model_bytes, "seconds": seconds}
 
 
 def run_baselines(qkt: QKTStrategy, grid: Grid) -> dict:

@@ -7,6 +7,7 @@ it: replies carry a model's weights (teachers only, on request), C probe scores,
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 
 import torch
@@ -122,6 +123,8 @@ def qkt(msg: Message, context: Context) -> Message:
         **{f"seconds.{k}": float(v) for k, v in info["seconds"].items()},
         "num-examples": len(fed.scenario.partitions[s.client]),
     }
+    if cfg.strategy.control:  # the class-balanced CE control: no teacher, same budget as phase 1
+        metrics.update(_view_metrics("control", wf.control_model(cfg, fed, mine, device), fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 
 
@@ -169,7 +172,9 @@ def baselines(msg: Message, context: Context) -> Message:
     mine = local_model(cfg, fed, context)
     metrics: dict[str, float] = {}
     for name in spec["methods"]:
+        start = time.perf_counter()
         model = wf.one_round_baseline(cfg, fed, str(name), mine, teachers, sizes, device)
+        metrics[f"{name}.seconds"] = time.perf_counter() - start
         metrics.update(_view_metrics(str(name), model, fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 
