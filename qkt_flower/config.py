@@ -9,7 +9,7 @@ schema (type errors become :class:`~qkt_flower.errors.ConfigError` naming the ke
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -121,6 +121,29 @@ class KDConfig:
     temperature: float
     standardize: bool
     gate: bool
+    consistent: bool = False
+
+
+@dataclass
+class CalibrationConfig:
+    """Query-bias calibration on the querying client's own local images (see ``qkt/calibrate.py``)."""
+
+    max_false_query: float | None = None
+    holdout: float = 0.0
+
+
+@dataclass
+class SynthesisConfig:
+    """Query-class images inverted from the experts (see ``qkt/synthesis.py``); ``per_class: 0`` = off."""
+
+    per_class: int = 0
+    steps: int = 200
+    lr: float = 0.1
+    bn_weight: float = 1.0
+    tv_weight: float = 1e-3
+    l2_weight: float = 1e-4
+    jitter: int = 2
+    batch_size: int = 128
 
 
 @dataclass
@@ -135,6 +158,8 @@ class StrategyConfig:
     phase1: Phase1Config
     phase2: Phase2Config
     control: bool
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 @dataclass
@@ -291,6 +316,12 @@ def validate(cfg: ExperimentConfig) -> None:
         "a float in (0, 1)",
     )
     _check(s.kd.temperature > 0, "strategy.kd.temperature", s.kd.temperature, "a float > 0")
+    limit = s.calibration.max_false_query
+    _check(limit is None or 0 <= limit < 1, "strategy.calibration.max_false_query", limit, "null or a float in [0, 1)")
+    _check(0 <= s.calibration.holdout < 1, "strategy.calibration.holdout", s.calibration.holdout, "a float in [0, 1)")
+    _check(s.synthesis.per_class >= 0, "strategy.synthesis.per_class", s.synthesis.per_class, "an integer >= 0")
+    _check(s.synthesis.steps >= 1, "strategy.synthesis.steps", s.synthesis.steps, "an integer >= 1")
+    _check(s.synthesis.lr > 0, "strategy.synthesis.lr", s.synthesis.lr, "a float > 0")
     for key, phase in (("phase1", s.phase1), ("phase2", s.phase2)):
         _check(phase.beta >= 0, f"strategy.{key}.beta", phase.beta, "a float >= 0")
         strength = phase.beta * s.kd.temperature**2
@@ -376,7 +407,9 @@ def optim_spec(t: TrainConfig):
 
 def qkt_spec(s: StrategyConfig):
     """The algorithm's :class:`~qkt_flower.qkt.phases.QKTSpec` for the strategy config."""
+    from qkt_flower.qkt.calibrate import CalibrationSpec
     from qkt_flower.qkt.phases import PhaseSpec, QKTSpec
+    from qkt_flower.qkt.synthesis import SynthesisSpec
 
     def phase(p: Phase1Config, gamma: float = 0.0) -> PhaseSpec:
         return PhaseSpec(p.epochs, p.batch_size, optim_spec(p), beta=p.beta, gamma=gamma, balanced=p.balanced)
@@ -388,4 +421,7 @@ def qkt_spec(s: StrategyConfig):
         temperature=s.kd.temperature,
         standardize=s.kd.standardize,
         gate=s.kd.gate,
+        consistent=s.kd.consistent,
+        calibration=CalibrationSpec(s.calibration.max_false_query, s.calibration.holdout),
+        synthesis=SynthesisSpec(**asdict(s.synthesis)),
     )

@@ -123,6 +123,7 @@ def run_reference(cfg: ExperimentConfig) -> dict:
             for key in ("query_acc", "local_acc", "overall_acc", "mean_acc")
         },
         "phases": phases,
+        "calibration_shift": info["calibration_shift"],
         "history": info["history"],
         "bytes": {
             "probe_replies": len(scores) * num_classes * 4,

@@ -148,8 +148,10 @@ def learn_query(
 
 def control_model(cfg: ExperimentConfig, fed: Federation, local_model: nn.Module, device) -> nn.Module:
     """The class-balanced CE control on the phase-1 budget (no teacher)."""
-    spec = qkt_spec(cfg.strategy).phase1
-    return balanced_finetune(local_model, query_task(fed), spec, cfg.seed, device, cfg.progress)
+    spec = qkt_spec(cfg.strategy)
+    return balanced_finetune(
+        local_model, query_task(fed), spec.phase1, cfg.seed, device, cfg.progress, spec.calibration
+    )
 
 
 def one_round_baseline(

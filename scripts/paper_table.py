@@ -31,8 +31,9 @@ from qkt_flower.results import load_results, mean_std
 PRESETS = {
     "quick": {
         "datasets": ["fashion_mnist"],
-        "overrides": ["dataset.train_per_class=300", "dataset.test_per_class=200", "baselines.rounds=10",
-                      "baselines.eval_rounds=[1,10]"],
+        "overrides": ["dataset.train_per_class=300", "dataset.test_per_class=200", "baselines.rounds=5",
+                      "baselines.eval_rounds=[1,5]"],
+        "skip_ablations": ["probe n=16", "probe n=1024", "uniform noise", "lambda=4", "synthetic query inputs"],
     },
     "full": {
         "datasets": ["fashion_mnist", "cifar10"],
@@ -43,6 +44,10 @@ MODELS = {"fashion_mnist": "cnn", "cifar10": "resnet10", "cifar100": "resnet18",
 QUERIES = {"single": 1, "multi": 3}
 ABLATIONS = {
     "QKT (default)": [],
+    "no calibration": ["strategy.calibration.max_false_query=null"],
+    "calibration 5 %": ["strategy.calibration.max_false_query=0.05"],
+    "calibration on 20 % hold-out": ["strategy.calibration.holdout=0.2"],
+    "consistent KD": ["strategy.kd.consistent=true"],
     "no mask": ["strategy.mask.enabled=false"],
     "no phase 2": ["strategy.mode=phase1"],
     "single joint phase": ["strategy.mode=joint"],
@@ -54,6 +59,7 @@ ABLATIONS = {
     "probe n=16": ["strategy.probe.n=16"],
     "probe n=1024": ["strategy.probe.n=1024"],
     "uniform noise": ["strategy.probe.kind=uniform"],
+    "synthetic query inputs": ["strategy.synthesis.per_class=200"],
     "logit-standardised KD": ["strategy.kd.standardize=true"],
 }
 ACC = ("query_acc", "local_acc", "overall_acc", "mean_acc")
@@ -190,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.no_ablations or query != "single":
                 continue
             for name, extra in ABLATIONS.items():
+                if name in preset.get("skip_ablations", ()):
+                    continue
                 slug = name.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "")
                 abl = run_ablation([*base, "strategy.control=false", *extra],
                                    out / "ablations" / f"{dataset}-seed{seed}-{slug}")  # fmt: skip

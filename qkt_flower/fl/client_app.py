@@ -121,6 +121,7 @@ def qkt(msg: Message, context: Context) -> Message:
         **R.flat_metrics("before", evaluate_view(mine, view, s.query_classes, s.local_classes, device=device)),
         **R.flat_metrics("after", evaluate_view(student, view, s.query_classes, s.local_classes, device=device)),
         **{f"seconds.{k}": float(v) for k, v in info["seconds"].items()},
+        "calibration_shift": float(info["calibration_shift"]),
         "num-examples": len(fed.scenario.partitions[s.client]),
     }
     if cfg.strategy.control:  # the class-balanced CE control: no teacher, same budget as phase 1

@@ -26,8 +26,10 @@ from torch import nn
 
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import Batch, Batches, image_batches
+from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, split_holdout
 from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
 from qkt_flower.qkt.losses import collapsed_kd, cross_entropy, weighted_mean
+from qkt_flower.qkt.synthesis import SynthesisSpec, invert_experts
 
 MODES = ("two-phase", "phase1", "light", "joint")
 
@@ -73,6 +75,9 @@ class QKTSpec:
     temperature: float = 2.0
     standardize: bool = False
     gate: bool = True
+    consistent: bool = False
+    calibration: CalibrationSpec = CalibrationSpec()
+    synthesis: SynthesisSpec = SynthesisSpec()
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,43 @@ class QueryTask:
     data: ImageDataset
     query_classes: tuple[int, ...]
     local_classes: tuple[int, ...]
+
+    def with_data(self, data: ImageDataset) -> QueryTask:
+        """The same task on another transfer set."""
+        return QueryTask(data, self.query_classes, self.local_classes)
+
+
+def concat(a: ImageDataset, b: ImageDataset) -> ImageDataset:
+    """Rows of ``a`` then ``b`` (same classes and normalisation)."""
+    return ImageDataset(
+        torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), a.classes, a.mean, a.std
+    )
+
+
+def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, seed: int, device):
+    """``(task for the phases, held-out local images or None, info)``.
+
+    Sets aside the calibration hold-out (``spec.calibration.holdout``) and adds the images inverted
+    from the experts (``spec.synthesis.per_class``, labelled with their query class).
+    """
+    info: dict[str, float] = {}
+    data, held = split_holdout(task.data, task.local_classes, spec.calibration.holdout, seed)
+    if spec.synthesis.per_class > 0 and experts:
+        start = time.perf_counter()
+        synthetic = invert_experts([(e.model, e.query_classes) for e in experts], data, spec.synthesis, seed, device)
+        data = concat(data, synthetic)
+        info["synthesis"] = time.perf_counter() - start
+        info["synthetic_images"] = len(synthetic)
+    return task.with_data(data), held, info
+
+
+def calibrate(student: nn.Module, task: QueryTask, held: ImageDataset | None, spec: QKTSpec, device) -> float:
+    """Apply :func:`~qkt_flower.qkt.calibrate.calibrate_query_bias` if enabled; returns the bias shift."""
+    limit = spec.calibration.max_false_query
+    if limit is None:
+        return 0.0
+    images = held if held is not None else task.data
+    return calibrate_query_bias(student, images, task.query_classes, task.local_classes, limit, device)
 
 
 @torch.inference_mode()
@@ -97,12 +139,38 @@ def cached_logits(models: list[nn.Module], data: ImageDataset, device: torch.dev
     return torch.stack(out)
 
 
+def consistent_pairs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(K, N)`` bool: expert ``k`` predicts sample ``n``'s true label (its argmax over all classes).
+
+    The querying client knows the labels of its transfer set, so it can see where a teacher is wrong.
+    Over-confident teachers call a local look-alike (a shirt) the query class (a coat); distilling that
+    answer is exactly what teaches the student to lose its local classes. Dropping the pairs a teacher
+    gets wrong keeps its query-class knowledge (the shots it recognises, the margins on samples it gets
+    right) without its confusions.
+    """
+    if logits.numel() == 0:
+        return torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    return logits.argmax(dim=-1) == labels.to(logits.device).unsqueeze(0)
+
+
 class QueryDistillation:
     """``L_query`` over cached expert logits: collapsed, gated, averaged over (expert, sample) pairs."""
 
-    def __init__(self, experts: list[Expert], logits: torch.Tensor, num_classes: int, spec: QKTSpec) -> None:
+    def __init__(
+        self,
+        experts: list[Expert],
+        logits: torch.Tensor,
+        num_classes: int,
+        spec: QKTSpec,
+        labels: torch.Tensor | None = None,
+    ) -> None:
         device = logits.device
         self.logits = logits
+        self.consistent = None
+        if spec.consistent:
+            if labels is None:
+                raise ValueError("consistent KD needs the transfer set's labels")
+            self.consistent = consistent_pairs(logits, labels)
         self.keeps = [torch.tensor(e.query_classes, dtype=torch.long, device=device) for e in experts]
         gates = torch.ones(len(experts), num_classes, dtype=torch.bool, device=device)
         if spec.gate:
@@ -119,7 +187,10 @@ class QueryDistillation:
             values.append(
                 collapsed_kd(student_logits, self.logits[k, batch.idx], keep, self.temperature, self.standardize)
             )
-            weights.append(self.gates[k, batch.y].float())
+            weight = self.gates[k, batch.y].float()
+            if self.consistent is not None:
+                weight = weight * self.consistent[k, batch.idx].float()
+            weights.append(weight)
         if not values:
             return student_logits.sum() * 0.0
         return weighted_mean(torch.cat(values), torch.cat(weights))
@@ -176,7 +247,7 @@ def _features(model: nn.Module, data: ImageDataset, device) -> torch.Tensor:
 
 def phase1(student, task, experts, logits, spec: QKTSpec, seed, device, progress=False):
     """Query-focused distillation: whole network, ``CE + β₁·L_query``, class-balanced batches."""
-    query = QueryDistillation(experts, logits, task.data.num_classes, spec)
+    query = QueryDistillation(experts, logits, task.data.num_classes, spec, task.data.labels)
     step = _step(query, spec.phase1.beta, None, 0.0)
     return fit(
         student,
@@ -196,7 +267,7 @@ def phase2(student, original_logits, task, experts, logits, spec: QKTSpec, seed,
     untouched), so each epoch costs a linear layer.
     """
     feats = _features(student, task.data, device)
-    query = QueryDistillation(experts, logits, task.data.num_classes, spec)
+    query = QueryDistillation(experts, logits, task.data.num_classes, spec, task.data.labels)
     keep = KeepDistillation(original_logits, task, spec)
     step = _step(query, spec.phase2.beta, keep, spec.phase2.gamma)
     batches = phase_batches(task, spec.phase2, seed + 1, device, inputs=feats)
@@ -205,7 +276,7 @@ def phase2(student, original_logits, task, experts, logits, spec: QKTSpec, seed,
 
 def joint(student, original_logits, task, experts, logits, spec: QKTSpec, seed, device, progress=False):
     """Ablation: one phase on the whole network with ``CE + β₁·L_query + γ·L_keep`` (phase-2 γ)."""
-    query = QueryDistillation(experts, logits, task.data.num_classes, spec)
+    query = QueryDistillation(experts, logits, task.data.num_classes, spec, task.data.labels)
     keep = KeepDistillation(original_logits, task, spec)
     step = _step(query, spec.phase1.beta, keep, spec.phase2.gamma)
     epochs = spec.phase1.epochs + spec.phase2.epochs
@@ -242,6 +313,9 @@ def query_learning(
         raise ValueError(f"QKT mode {spec.mode!r} is not one of {MODES}")
     seconds: dict[str, float] = {}
     history: dict[str, list] = {}
+    task, held, prep = prepare_transfer_set(task, experts, spec, seed, device)
+    if "synthesis" in prep:
+        seconds["synthesis"] = prep["synthesis"]
     start = time.perf_counter()
     logits = cached_logits([e.model for e in experts], task.data, device)
     original_logits = cached_logits([local_model], task.data, device)[0]
@@ -265,16 +339,30 @@ def query_learning(
         if on_phase_end is not None:
             on_phase_end(name, student)
     student.eval()
-    return student, {"history": history, "seconds": seconds}
+    shift = calibrate(student, task, held, spec, device)
+    if on_phase_end is not None and spec.calibration.max_false_query is not None:
+        on_phase_end("calibrated", student)
+    return student, {"history": history, "seconds": seconds, "calibration_shift": shift}
 
 
 def balanced_finetune(
-    local_model: nn.Module, task: QueryTask, spec: PhaseSpec, seed: int, device="cpu", progress=False
+    local_model: nn.Module,
+    task: QueryTask,
+    spec: PhaseSpec,
+    seed: int,
+    device="cpu",
+    progress=False,
+    calibration: CalibrationSpec | None = None,
 ):
     """Control: class-balanced CE fine-tuning on ``q``'s own data, no teacher.
 
-    Part of any few-shot gain is just rebalancing; this control measures that part.
+    Part of any few-shot gain is just rebalancing; this control measures that part. With
+    ``calibration`` it gets the same hold-out and query-bias calibration as QKT, so the gap to QKT is
+    the teachers' contribution alone.
     """
+    calibration = calibration or CalibrationSpec()
+    data, held = split_holdout(task.data, task.local_classes, calibration.holdout, seed)
+    task = task.with_data(data)
     student = copy.deepcopy(local_model).to(device)
     fit(
         student,
@@ -285,4 +373,10 @@ def balanced_finetune(
         desc="balanced CE",
         progress=progress,
     )
-    return student.eval()
+    student.eval()
+    if calibration.max_false_query is not None:
+        images = held if held is not None else task.data
+        calibrate_query_bias(
+            student, images, task.query_classes, task.local_classes, calibration.max_false_query, device
+        )
+    return student

@@ -1,0 +1,90 @@
+"""Query-bias calibration: keep the local classes by bounding how often they are called a query class.
+
+Query learning sees a query class through a handful of shots, over-sampled to balance the classes,
+plus teachers that are over-confident on look-alikes. The head ends up with a query-class bias that
+is too large: on the prototype and on our grid most of the local-accuracy loss is local images
+predicted as the query class (a shirt called a coat), not confusions among local classes.
+
+The querying client can measure that error itself, on its own local-class images: the share of
+them the new model assigns to a query class. :func:`calibrate_query_bias` lowers the query classes'
+head bias by the smallest amount that brings this share down to ``max_false_query`` — one scalar,
+set from data the client has, with no test data and no server involvement. Those images can be held
+out of query learning (``holdout`` in :func:`split_holdout`) so the share is not measured on images
+the model was just fitted to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.data.loaders import image_batches
+from qkt_flower.qkt.engine import predict_logits
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """``max_false_query``: allowed share of local images predicted as a query class (``None`` = off)."""
+
+    max_false_query: float | None = None
+    holdout: float = 0.0
+
+
+def query_margins(logits: torch.Tensor, query_classes: tuple[int, ...]) -> torch.Tensor:
+    """Per row: best query-class logit minus best non-query logit (> 0 means "predicted as a query class")."""
+    q = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    q[list(query_classes)] = True
+    return logits[:, q].max(dim=-1).values - logits[:, ~q].max(dim=-1).values
+
+
+def query_bias_shift(margins: torch.Tensor, max_false_query: float) -> float:
+    """Smallest shift ``b ≥ 0`` with ``mean(margins - b > 0) ≤ max_false_query``."""
+    if margins.numel() == 0:
+        return 0.0
+    allowed = int(max_false_query * margins.numel())
+    if allowed >= margins.numel():
+        return 0.0
+    ranked = torch.sort(margins, descending=True).values
+    edge = float(ranked[allowed])  # this row must end strictly below 0; a small slack absorbs float rounding
+    return max(edge + 1e-5 * (1.0 + abs(edge)), 0.0) if edge >= 0 else 0.0
+
+
+def split_holdout(data: ImageDataset, local_classes: tuple[int, ...], share: float, seed: int):
+    """``(train, held_out)``: ``share`` of every local class's images (at least one) set aside, seeded."""
+    if share <= 0:
+        return data, None
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=gen)
+    held = []
+    for c in local_classes:
+        idx = order[data.labels[order] == c]
+        if len(idx) > 1:
+            held.append(idx[: max(1, int(share * len(idx)))])
+    if not held:
+        return data, None
+    held_idx = torch.cat(held)
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[held_idx] = False
+    return data.subset(torch.nonzero(keep).flatten()), data.subset(held_idx)
+
+
+@torch.no_grad()
+def calibrate_query_bias(
+    model: nn.Module,
+    local_images: ImageDataset,
+    query_classes: tuple[int, ...],
+    local_classes: tuple[int, ...],
+    max_false_query: float,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Lower ``model.head``'s query-class biases in place; returns the shift applied (0 when none needed)."""
+    logits, labels = predict_logits(model, image_batches(local_images, 512, device=device))
+    local = torch.isin(labels, torch.tensor(local_classes, dtype=labels.dtype))
+    shift = query_bias_shift(query_margins(logits[local], query_classes), max_false_query)
+    if shift > 0:
+        bias = model.head.bias
+        bias[list(query_classes)] -= shift
+    return shift

@@ -1,0 +1,110 @@
+"""Checks of the interference remedies: query-bias calibration, consistent KD and expert inversion."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.models.cnn import SmallCNN
+from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, query_bias_shift, query_margins, split_holdout
+from qkt_flower.qkt.engine import OptimSpec
+from qkt_flower.qkt.phases import Expert, PhaseSpec, QKTSpec, QueryTask, consistent_pairs, query_learning
+from qkt_flower.qkt.synthesis import SynthesisSpec, invert, invert_experts
+
+
+def test_query_margins_and_shift_by_hand():
+    logits = torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 1.0], [0.0, 0.0, 0.5], [1.0, 0.0, 0.9]])
+    m = query_margins(logits, (2,))  # class 2 is the query class
+    assert m.tolist() == pytest.approx([2.0, -1.0, 0.5, -0.1])
+    assert query_bias_shift(m, 0.0) == pytest.approx(2.0, abs=1e-4)  # no local row may stay above 0
+    assert query_bias_shift(m, 0.25) == pytest.approx(0.5, abs=1e-4)  # one of four may
+    assert query_bias_shift(m, 0.0) > 2.0  # strictly: a row exactly at 0 would tie
+    assert query_bias_shift(m, 0.5) == 0.0  # already at most half
+    assert query_bias_shift(m[m < 0], 0.0) == 0.0  # never raises the query bias
+
+
+class _Linear(nn.Module):
+    """A model whose ``head`` is the whole network, so logits are easy to reason about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+
+def _data(n_per_class=(40, 40, 5), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
+    images = (torch.rand(len(labels), 1, 8, 8, generator=gen) * 255).to(torch.uint8)
+    return ImageDataset(images, labels, ("a", "b", "q"), (0.5,), (0.25,))
+
+
+def test_calibration_bounds_the_false_query_share_on_the_images_it_saw():
+    torch.manual_seed(0)
+    model = _Linear()
+    with torch.no_grad():
+        model.head.bias[2] += 5.0  # a head that calls everything the query class
+    data = _data()
+    before = model.head.bias.detach().clone()
+    shift = calibrate_query_bias(model, data, (2,), (0, 1), 0.05)
+    assert shift > 0
+    after = model.head.bias.detach()
+    assert torch.equal(after[:2], before[:2]) and float(after[2]) == pytest.approx(float(before[2]) - shift)
+    with torch.no_grad():
+        pred = model(((data.images.float() / 255 - 0.5) / 0.25)).argmax(-1)
+    local = data.labels < 2
+    assert int((pred[local] == 2).sum()) <= int(0.05 * int(local.sum()))
+
+
+def test_holdout_takes_a_share_of_every_local_class_and_nothing_else():
+    data = _data()
+    train, held = split_holdout(data, (0, 1), 0.25, seed=3)
+    assert held.class_counts().tolist() == [10, 10, 0]
+    assert train.class_counts().tolist() == [30, 30, 5]
+    assert split_holdout(data, (0, 1), 0.0, seed=3) == (data, None)
+
+
+def test_consistent_pairs_drop_a_teachers_wrong_answers():
+    logits = torch.tensor([[[3.0, 0.0, 1.0], [0.0, 0.0, 2.0], [0.0, 1.0, 0.0]]])  # one expert, three samples
+    labels = torch.tensor([0, 1, 1])
+    assert consistent_pairs(logits, labels).tolist() == [[True, False, True]]  # it calls sample 1 the query class
+
+
+def test_calibrated_query_learning_reports_its_shift_and_the_control_matches_its_holdout():
+    torch.manual_seed(0)
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
+    spec = QKTSpec("two-phase", phase, phase, calibration=CalibrationSpec(max_false_query=0.0, holdout=0.2))
+    task = QueryTask(_data(), (2,), (0, 1))
+    student, info = query_learning(local, task, [Expert(teacher, (2,), (1, 2))], spec, seed=0)
+    assert info["calibration_shift"] >= 0
+    _, held = split_holdout(task.data, (0, 1), 0.2, seed=0)
+    with torch.no_grad():
+        pred = student(((held.images.float() / 255 - 0.5) / 0.25)).argmax(-1)
+    assert not bool((pred == 2).any())  # max_false_query = 0 on the held-out local images
+
+
+def test_inversion_yields_images_the_expert_calls_the_query_class():
+    torch.manual_seed(0)
+    expert = SmallCNN(1, 3, image_size=8)
+    expert.train()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        for _ in range(5):
+            expert(torch.randn(32, 1, 8, 8))
+    expert.eval()
+    before = {k: v.clone() for k, v in expert.state_dict().items()}
+    spec = SynthesisSpec(per_class=12, steps=100, lr=0.1, bn_weight=0.01, jitter=0, batch_size=8)
+    x = invert(expert, 2, 12, (1, 8, 8), spec, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert float((expert(x).argmax(-1) == 2).float().mean()) >= 0.9
+    assert all(torch.equal(v, before[k]) for k, v in expert.state_dict().items())  # the expert is untouched
+    like = _data()
+    syn = invert_experts([(expert, (2,))], like, spec, seed=0)
+    assert len(syn) == 12 and syn.images.dtype == torch.uint8 and set(syn.labels.tolist()) == {2}
+    again = invert_experts([(expert, (2,))], like, spec, seed=0)
+    assert torch.equal(syn.images, again.images)  # seeded
+    assert len(invert_experts([(expert, (2,))], like, dataclasses.replace(spec, per_class=0), seed=0)) == 0
