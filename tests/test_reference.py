@@ -22,12 +22,23 @@ def small_run():
 
 
 def test_qkt_learns_the_query_class(small_run):
-    """On 300 samples per class the local models are weak and phase 2 costs local accuracy (see README);
-    the claim on local accuracy is checked on the full data (slow test). Here: a real net gain."""
+    """On 300 samples per class the query (coat) has a look-alike among q's local classes (shirt); the
+    default calibration buys local accuracy back with query accuracy (see README): a net gain, local kept."""
     before, after = small_run["before"], small_run["after"]
     assert before["query_acc"] < 0.2  # q has 5 shots of the query class: its local model barely knows it
-    assert after["query_acc"] > before["query_acc"] + 0.3
-    assert after["mean_acc"] > before["mean_acc"] + 0.1
+    assert after["query_acc"] > before["query_acc"] + 0.15
+    assert after["local_acc"] >= before["local_acc"] - 0.03
+    assert after["mean_acc"] > before["mean_acc"] + 0.05
+    assert small_run["calibration_shift"] > 0  # the calibration did act here
+
+
+def test_without_calibration_the_query_is_learnt_at_a_local_cost(small_run):
+    """The ablation that shows why calibration is on: more query accuracy, local accuracy lost to the look-alike."""
+    raw = run_reference(load_config([*SMALL, "strategy.calibration.max_false_query=null", "strategy.control=false"]))
+    assert raw["before"] == small_run["before"]  # same local model
+    assert raw["after"]["query_acc"] > small_run["after"]["query_acc"] + 0.2
+    assert raw["after"]["local_acc"] < small_run["after"]["local_acc"] - 0.05
+    assert raw["calibration_shift"] == 0.0
     assert set(small_run["query_classes"]).isdisjoint(small_run["local_classes"])
 
 

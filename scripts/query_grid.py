@@ -1,0 +1,152 @@
+"""The interference grid: QKT variants vs controls over seeds x query classes x splits (reference runner).
+
+One lucky query proves nothing: this runs every (partition, seed, query) cell, trains the local models
+once per cell (cached under ``--out/cache``), and evaluates each method on the querying client's test
+view. The default queries are Fashion-MNIST's look-alike group (T-shirt 0, pullover 2, coat 4,
+shirt 6): a query class is cut to ``query.shots`` images at the querying client, so its local classes
+include the look-alikes — the hard case of ``shared/QKT.md``.
+
+    python scripts/query_grid.py                                   # pathological + Dirichlet, 3 seeds, 4 queries
+    python scripts/query_grid.py --queries "[0,2,4]" "[2,4,6]" --partitions pathological
+    python scripts/query_grid.py --extra query.shots=0             # the 0-shot stress test
+
+Prints mean ± std of query, local, Δlocal (vs the local model), overall and mean(query, local) per
+method and writes ``grid.json`` / ``grid.csv`` under ``--out`` (default ``outputs/query_grid``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from qkt_flower import workflow as wf
+from qkt_flower.config import load_config
+from qkt_flower.data.federation import build_federation
+from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.qkt.evaluate import evaluate_view
+from qkt_flower.results import mean_std
+
+CAL = "strategy.calibration."
+VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines are handled apart)
+    "QKT (default)": [],
+    "QKT, no calibration": [CAL + "max_false_query=null"],
+    "QKT, calibration 5 %": [CAL + "max_false_query=0.05"],
+    "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
+    "QKT, consistent KD": ["strategy.kd.consistent=true"],
+    "QKT Light": ["strategy.mode=light"],
+    "balanced-CE control (calibrated)": [],
+    "balanced-CE control (no calibration)": [CAL + "max_false_query=null"],
+}
+ONE_ROUND = {"ensemble": "ensemble (all models)", "vanilla_kd": "vanilla KD", "feddf": "FedDF fusion"}
+ACC = ("query_acc", "local_acc", "overall_acc", "mean_acc")
+
+
+def run_cell(overrides: list[str], device, with_baselines: bool) -> list[dict]:
+    """Every method on one (partition, seed, query) cell; rows in percent."""
+    cfg = load_config(overrides)
+    torch.manual_seed(cfg.seed)
+    fed = build_federation(cfg)
+    s = fed.scenario
+    models = {k: wf.train_client(cfg, fed, k, device) for k in range(fed.num_clients)}
+    teachers = {k: m for k, m in models.items() if k != s.client}
+    scores = {k: wf.answer_probe(cfg, m, fed.train.input_shape, device) for k, m in teachers.items()}
+    view = fed.test_view()
+
+    def row(method: str, model) -> dict:
+        r = evaluate_view(model, view, s.query_classes, s.local_classes, device=device)
+        return {"method": method, **{k: 100 * r[k] for k in ACC}}
+
+    rows = [row("local model", models[s.client])]
+    for name, extra in VARIANTS.items():
+        vcfg = load_config([*overrides, *extra])
+        if name.startswith("balanced-CE control"):
+            model = wf.control_model(vcfg, fed, models[s.client], device)
+        else:
+            masks, selection = wf.choose_experts(vcfg, scores, s.query_classes)
+            model, _ = wf.learn_query(vcfg, fed, models[s.client], wf.make_experts(models, masks, selection), device)
+        rows.append(row(name, model))
+    if with_baselines:
+        sizes = {k: len(s.partitions[k]) for k in models}
+        for key, label in ONE_ROUND.items():
+            rows.append(row(label, wf.one_round_baseline(cfg, fed, key, models[s.client], teachers, sizes, device)))
+    for r in rows:
+        r["local_delta"] = r["local_acc"] - rows[0]["local_acc"]
+    return rows
+
+
+def summarize(rows: list[dict], keys=("partition", "method")) -> list[dict]:
+    """Mean ± std per (partition, method) over every (seed, query) cell."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, members in groups.items():
+        agg = {**dict(zip(keys, key, strict=True)), "cells": len(members)}
+        for col in (*ACC, "local_delta"):
+            agg[col], agg[f"{col}_std"] = mean_std([m[col] for m in members])
+        out.append(agg)
+    return out
+
+
+def markdown(table: list[dict], title: str) -> str:
+    lines = [f"**{title}**", "", "| method | query | local | Δlocal | overall | mean(q,l) |", "|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(
+            f"| {r['method']} | {r['query_acc']:.1f} ± {r['query_acc_std']:.1f} | {r['local_acc']:.1f} ± "
+            f"{r['local_acc_std']:.1f} | {r['local_delta']:+.1f} | {r['overall_acc']:.1f} | {r['mean_acc']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--queries", nargs="+", default=["[0]", "[2]", "[4]", "[6]"])
+    parser.add_argument("--extra", nargs="*", default=["dataset.train_per_class=300", "dataset.test_per_class=200"],
+                        help="Hydra overrides for every cell (default: the quick preset's data)")  # fmt: skip
+    parser.add_argument("--no-baselines", action="store_true", help="skip ensemble / vanilla KD / FedDF")
+    parser.add_argument("--out", type=Path, default=Path("outputs/query_grid"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = wf.resolve_device("auto")
+    start = time.perf_counter()
+    rows, skipped = [], []
+    cells = [(p, s, q) for p in args.partitions for s in args.seeds for q in args.queries]
+    for part, seed, query in tqdm(cells, desc="query grid", unit="cell"):
+        overrides = [f"partition={part}", f"seed={seed}", f"query.classes={query}", "progress=false",
+                     f"local.cache_dir={args.out / 'cache'}", *args.extra]  # fmt: skip
+        try:
+            cell = run_cell(overrides, device, not args.no_baselines)
+        except ConfigError as err:  # e.g. a query class nobody else holds under this seed: skip the cell
+            skipped.append({"partition": part, "seed": seed, "query": query, "why": str(err)})
+            continue
+        except DataNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        rows += [{"partition": part, "seed": seed, "query": query, **r} for r in cell]
+    table = summarize(rows)
+    minutes = (time.perf_counter() - start) / 60
+    parts = [markdown([r for r in table if r["partition"] == p], f"{p}: seeds {args.seeds} x queries {args.queries}")
+             for p in args.partitions]  # fmt: skip
+    text = "\n\n".join(parts) + f"\n\n{len(cells) - len(skipped)} cells ({len(skipped)} skipped), {minutes:.1f} min.\n"
+    print(text)
+    (args.out / "grid.md").write_text(text)
+    (args.out / "grid.json").write_text(json.dumps({"table": table, "rows": rows, "skipped": skipped,
+                                                    "minutes": minutes, "argv": sys.argv[1:]}, indent=1))  # fmt: skip
+    with open(args.out / "grid.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    print(f"written: {args.out}/grid.md, grid.json, grid.csv")
+
+
+if __name__ == "__main__":
+    main()
