@@ -81,6 +81,7 @@ class Phase1Config(TrainConfig):
 
     beta: float
     balanced: bool
+    balance_over: str
 
 
 @dataclass
@@ -323,6 +324,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(s.synthesis.steps >= 1, "strategy.synthesis.steps", s.synthesis.steps, "an integer >= 1")
     _check(s.synthesis.lr > 0, "strategy.synthesis.lr", s.synthesis.lr, "a float > 0")
     for key, phase in (("phase1", s.phase1), ("phase2", s.phase2)):
+        _check(phase.balance_over in ("task", "present"), f"strategy.{key}.balance_over", phase.balance_over,
+               "task (balance query + local classes) or present (every class present)")  # fmt: skip
         _check(phase.beta >= 0, f"strategy.{key}.beta", phase.beta, "a float >= 0")
         strength = phase.beta * s.kd.temperature**2
         _check(
@@ -412,7 +415,8 @@ def qkt_spec(s: StrategyConfig):
     from qkt_flower.qkt.synthesis import SynthesisSpec
 
     def phase(p: Phase1Config, gamma: float = 0.0) -> PhaseSpec:
-        return PhaseSpec(p.epochs, p.batch_size, optim_spec(p), beta=p.beta, gamma=gamma, balanced=p.balanced)
+        return PhaseSpec(p.epochs, p.batch_size, optim_spec(p), beta=p.beta, gamma=gamma, balanced=p.balanced,
+                         balance_over=p.balance_over)  # fmt: skip
 
     return QKTSpec(
         mode=s.mode,

@@ -48,6 +48,7 @@ ABLATIONS = {
     "calibration 5 %": ["strategy.calibration.max_false_query=0.05"],
     "calibration on 20 % hold-out": ["strategy.calibration.holdout=0.2"],
     "consistent KD": ["strategy.kd.consistent=true"],
+    "balance every present class": ["strategy.phase1.balance_over=present", "strategy.phase2.balance_over=present"],
     "no mask": ["strategy.mask.enabled=false"],
     "no phase 2": ["strategy.mode=phase1"],
     "single joint phase": ["strategy.mode=joint"],

@@ -40,6 +40,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, calibration 5 %": [CAL + "max_false_query=0.05"],
     "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
     "QKT, consistent KD": ["strategy.kd.consistent=true"],
+    "QKT, balance every present class": ["strategy.phase1.balance_over=present", "strategy.phase2.balance_over=present"],
     "QKT Light": ["strategy.mode=light"],
     "balanced-CE control (calibrated)": [],
     "balanced-CE control (no calibration)": [CAL + "max_false_query=null"],

@@ -22,6 +22,10 @@ from qkt_flower.errors import ConfigError
         ("strategy.phase1.beta=20", "strategy.phase1.beta"),
         ("strategy.mode=nope", "strategy.mode"),
         ("device=tpu", "device"),
+        ("strategy.calibration.max_false_query=1.5", "strategy.calibration.max_false_query"),
+        ("strategy.calibration.holdout=-0.1", "strategy.calibration.holdout"),
+        ("strategy.phase1.balance_over=all", "strategy.phase1.balance_over"),
+        ("strategy.synthesis.per_class=-1", "strategy.synthesis.per_class"),
     ],
 )
 def test_bad_values_raise_config_error(override, key):

@@ -6,7 +6,7 @@ underlying tensors: the phases use them to look up cached teacher logits and cac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -34,10 +34,25 @@ def normalizer(data: ImageDataset) -> Callable[[torch.Tensor], torch.Tensor]:
     return apply
 
 
-def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample weights ``1 / count(label)``: every present class is drawn equally often."""
+def balanced_weights(labels: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+    """Per-sample weights ``1 / count(label)``: every present class is drawn equally often.
+
+    With ``classes``, only those are balanced; a sample of any other class weighs as much as one
+    sample of the largest balanced class, i.e. a class outside ``classes`` is never up-weighted. (A
+    querying client's minority classes — a handful of images it holds but that are neither local nor
+    queried — would otherwise be drawn as often as its local classes, and the model would start
+    predicting them on local images.)
+    """
     counts = torch.bincount(labels).double()
-    return 1.0 / counts[labels]
+    weights = 1.0 / counts[labels]
+    if classes is None:
+        return weights
+    chosen = torch.zeros(counts.numel(), dtype=torch.bool)
+    chosen[[c for c in classes if c < counts.numel()]] = True
+    if not bool((counts[chosen] > 0).any()):
+        return 1.0 / counts[labels]
+    floor = 1.0 / counts[chosen].max()
+    return torch.where(chosen[labels], weights, floor.expand_as(weights))
 
 
 class Batches:
@@ -54,6 +69,8 @@ class Batches:
     balanced
         Draw ``len(labels)`` samples per epoch with replacement, class-balanced, so that a few
         query shots weigh as much as a local class.
+    balance_classes
+        Balance only these classes (see :func:`balanced_weights`); ``None`` = every present class.
     """
 
     def __init__(
@@ -64,6 +81,7 @@ class Batches:
         *,
         shuffle: bool = False,
         balanced: bool = False,
+        balance_classes: Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
@@ -76,7 +94,7 @@ class Batches:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.transform = transform
         self.device = torch.device(device)
-        self._weights = balanced_weights(labels) if balanced and labels.numel() else None
+        self._weights = balanced_weights(labels, balance_classes) if balanced and labels.numel() else None
 
     def __len__(self) -> int:
         return (self.labels.shape[0] + self.batch_size - 1) // self.batch_size

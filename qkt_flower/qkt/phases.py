@@ -63,6 +63,7 @@ class PhaseSpec:
     beta: float = 1.0
     gamma: float = 0.0
     balanced: bool = True
+    balance_over: str = "task"
 
 
 @dataclass(frozen=True)
@@ -227,16 +228,21 @@ def _step(query: QueryDistillation | None, beta: float, keep: KeepDistillation |
     return step
 
 
+BALANCE_OVER = ("task", "present")
+
+
 def phase_batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: torch.Tensor | None = None) -> Batches:
-    """Shuffled (class-balanced if ``spec.balanced``) batches of the transfer set, or of ``inputs`` in its order."""
+    """Shuffled (class-balanced if ``spec.balanced``) batches of the transfer set, or of ``inputs`` in its order.
+
+    ``spec.balance_over``: ``task`` balances the query and local classes only (other classes the client
+    holds a few images of are not up-weighted), ``present`` every class present.
+    """
     gen = torch.Generator().manual_seed(seed)
+    classes = (*task.query_classes, *task.local_classes) if spec.balance_over == "task" else None
+    kwargs = dict(shuffle=True, balanced=spec.balanced, balance_classes=classes, generator=gen, device=device)
     if inputs is None:
-        return image_batches(
-            task.data, spec.batch_size, shuffle=True, balanced=spec.balanced, generator=gen, device=device
-        )
-    return Batches(
-        inputs, task.data.labels, spec.batch_size, shuffle=True, balanced=spec.balanced, generator=gen, device=device
-    )
+        return image_batches(task.data, spec.batch_size, **kwargs)
+    return Batches(inputs, task.data.labels, spec.batch_size, **kwargs)
 
 
 @torch.inference_mode()

@@ -108,3 +108,15 @@ def test_inversion_yields_images_the_expert_calls_the_query_class():
     again = invert_experts([(expert, (2,))], like, spec, seed=0)
     assert torch.equal(syn.images, again.images)  # seeded
     assert len(invert_experts([(expert, (2,))], like, dataclasses.replace(spec, per_class=0), seed=0)) == 0
+
+
+def test_task_balancing_does_not_up_weight_a_clients_minority_classes():
+    from qkt_flower.data.loaders import balanced_weights
+
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 5 + [3] * 3)  # local 0, 1; query 2; minority class 3
+    every = balanced_weights(labels)
+    task = balanced_weights(labels, classes=(2, 0, 1))
+    share = lambda w, c: float(w[labels == c].sum() / w.sum())  # noqa: E731
+    assert share(every, 3) == pytest.approx(0.25)  # balancing every present class: 3 images drawn like a local class
+    assert share(task, 0) == pytest.approx(share(task, 1)) == pytest.approx(share(task, 2))
+    assert share(task, 3) == pytest.approx(3 / 60 * share(task, 0))  # weighed like images of the largest class
