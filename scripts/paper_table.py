@@ -5,7 +5,7 @@ One Flower simulation per (dataset, query size, seed) runs QKT and then every ba
 FedProx at one round and at the converged budget, each also with local fine-tuning (+FT). Ablations run with the
 reference runner on the single-class query (local models cached, so each costs only the query phases).
 
-    python scripts/paper_table.py --preset quick            # Fashion-MNIST, ~10 min on 2 CPU cores
+    python scripts/paper_table.py --preset quick            # Fashion-MNIST, 300 images/class, 2 CPU cores
     python scripts/paper_table.py --preset full              # full data, 50 rounds: a GPU machine
 
 Prints Markdown tables (mean ± std over seeds) and writes ``table.csv``, ``table.json``, ``ablations.csv`` and
@@ -128,7 +128,7 @@ def markdown(table: list[dict], title: str, reference: str = "local model") -> s
     ref_local = next((r["local_acc"] for r in table if r["method"] == reference), float("nan"))
     qkt = next((r for r in table if r["method"] == "QKT"), None)
     lines = [f"**{title}**", "",
-             "| method | query | local | overall | mean(q,l) | Δlocal vs local model | QKT − method (query) | MB | s |",
+             f"| method | query | local | overall | mean(q,l) | Δlocal vs {reference} | QKT − method (query) | MB | s |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in table:
         gap = f"{qkt['query_acc'] - r['query_acc']:+.1f}" if qkt and r is not qkt else "—"
