@@ -51,12 +51,10 @@ def train_client(cfg: ExperimentConfig, fed: Federation, client: int, device: to
     """
     data = fed.client_data(client)
     model = build_model(cfg.model.name, data.input_shape, data.num_classes, client_seed(cfg.seed, client))
-    cache = None
-    if cfg.local.cache_dir:
-        cache = Path(cfg.local.cache_dir).expanduser() / local_model_key(cfg) / f"client_{client}.pt"
-        if cache.is_file():
-            model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
-            return model.to(device).eval()
+    cache = local_cache_file(cfg, client)
+    if cache is not None and cache.is_file():
+        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        return model.to(device).eval()
     local = cfg.local
     train_local(
         model,
@@ -75,6 +73,19 @@ def train_client(cfg: ExperimentConfig, fed: Federation, client: int, device: to
         torch.save(model.state_dict(), tmp)
         tmp.replace(cache)
     return model.eval()
+
+
+def local_cache_file(cfg: ExperimentConfig, client: int) -> Path | None:
+    """Where client ``client``'s trained model is cached (``None`` when ``local.cache_dir`` is off)."""
+    if not cfg.local.cache_dir:
+        return None
+    return Path(cfg.local.cache_dir).expanduser() / local_model_key(cfg) / f"client_{client}.pt"
+
+
+def samples_to_train(cfg: ExperimentConfig, client: int, n: int) -> int:
+    """Samples step 0 will push through for a client with ``n`` examples (0 if its model is cached)."""
+    cache = local_cache_file(cfg, client)
+    return 0 if cache is not None and cache.is_file() else cfg.local.epochs * n
 
 
 def answer_probe(cfg: ExperimentConfig, model: nn.Module, input_shape: tuple[int, ...], device) -> torch.Tensor:

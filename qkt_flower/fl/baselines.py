@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
@@ -34,6 +35,29 @@ def _nested(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
         method, _, name = key.partition(".")
         out.setdefault(method, {})[name] = value
     return out
+
+
+class _InClientOrder:
+    """Aggregate the round's replies in client order, not arrival order.
+
+    A weighted average is a float sum: its last bits depend on the order of the terms, and over several
+    rounds those bits change the trained model. Sorting by client id makes the same seed give the same
+    global model whichever node answers first.
+    """
+
+    client_of: dict[int, int] = {}
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        ordered = sorted(replies, key=lambda m: self.client_of.get(m.metadata.src_node_id, 1 << 62))
+        return super().aggregate_train(server_round, ordered)
+
+
+class OrderedFedAvg(_InClientOrder, FedAvg):
+    """Flower's FedAvg, aggregating in client order."""
+
+
+class OrderedFedProx(_InClientOrder, FedProx):
+    """Flower's FedProx, aggregating in client order."""
 
 
 def run_one_round(qkt: QKTStrategy, grid: Grid) -> dict:
@@ -65,7 +89,8 @@ def run_federated(qkt: QKTStrategy, grid: Grid, name: str) -> dict:
     model_bytes = sum(len(a.data) for a in initial.values())
     nodes = len(qkt.node_of)
     common = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": nodes, "min_available_nodes": nodes}
-    strategy = FedProx(proximal_mu=b.fedprox_mu, **common) if name == "fedprox" else FedAvg(**common)
+    strategy = OrderedFedProx(proximal_mu=b.fedprox_mu, **common) if name == "fedprox" else OrderedFedAvg(**common)
+    strategy.client_of = dict(qkt.client_of)
     rounds: dict[int, dict] = {}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

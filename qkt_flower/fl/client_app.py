@@ -71,9 +71,12 @@ def train(msg: Message, context: Context) -> Message:
     cfg = R.unpack_experiment(msg.content)
     fed = federation(cfg)
     k = partition_id(context)
+    n = len(fed.scenario.partitions[k])
+    samples, start = wf.samples_to_train(cfg, k, n), time.perf_counter()
     model = wf.train_client(cfg, fed, k, wf.resolve_device(cfg.device))
+    seconds = time.perf_counter() - start
     context.state[R.LOCAL_MODEL] = ArrayRecord(model.cpu().state_dict())
-    metrics = {"num-examples": len(fed.scenario.partitions[k]), "client": k}
+    metrics = {"num-examples": n, "client": k, "train-seconds": seconds, "train-samples": samples}
     if k == fed.scenario.client:  # the querying node announces its query (the server holds no data)
         metrics.update({"query-classes": list(fed.scenario.query_classes), "num-classes": fed.train.num_classes,
                         "input-shape": list(fed.train.input_shape)})  # fmt: skip

@@ -147,6 +147,14 @@ class QKTStrategy:
         replies = self._exchange(grid, "qkt", [self._message(node_id, R.QKT, **records)])
         return dict(replies[0].content.metric_records[R.METRICS]) if replies else None
 
+    def local_training(self) -> dict:
+        """Step 0 as the nodes measured it: samples pushed through and seconds inside their handlers."""
+        return {
+            "clients": len(self.info),
+            "samples": int(sum(i.get("train-samples", 0) for i in self.info.values())),
+            "client_seconds": float(sum(i.get("train-seconds", 0.0) for i in self.info.values())),
+        }
+
     # -- the protocol --------------------------------------------------------------------------------
     def run(self, grid: Grid) -> dict:
         """Run QKT over the grid; returns the results dictionary.
@@ -192,11 +200,14 @@ class QKTStrategy:
             "method": "qkt-flower",
             "querying_client": query_client,
             "query_classes": list(query_classes),
+            "num_classes": num_classes,
+            "input_shape": list(shape),
             "probe": {"scores": {k: v.tolist() for k, v in scores.items()},
                       "masks": {k: torch.nonzero(m).flatten().tolist() for k, m in masks.items()}},
             "experts": selection.experts,
             "fallbacks": selection.fallbacks,
             "metrics": metrics,
+            "local_training": self.local_training(),
             "dropped": self.dropped,
             "bytes": self.bytes,
             "seconds": self.seconds,

@@ -72,3 +72,31 @@ def test_paper_table_rows_from_a_real_run(run):
     table = paper_table.aggregate([{**r, "seed": s} for s in (0, 1) for r in rows], ("method",))
     assert all(t["runs"] == 2 and t["query_acc_std"] == 0.0 for t in table)
     assert "| QKT |" in paper_table.markdown(table, "t")
+
+
+def test_fedavg_aggregates_in_client_order_not_arrival_order():
+    """The same replies in any arrival order give bit-identical global weights (else seeds stop reproducing)."""
+    import random
+    import time as _time
+
+    import numpy as np
+    import torch
+    from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+
+    from qkt_flower.fl.baselines import OrderedFedAvg
+
+    rng = np.random.default_rng(0)
+    replies = []
+    for k in range(6):
+        content = RecordDict({"arrays": ArrayRecord({"w": torch.from_numpy(rng.standard_normal(1000).astype(np.float32))}),
+                              "metrics": MetricRecord({"num-examples": int(rng.integers(1, 10_000))})})  # fmt: skip
+        meta = Metadata(run_id=1, message_id=f"m{k}", src_node_id=1000 + k, dst_node_id=0, reply_to_message_id="x",
+                        group_id="1", created_at=_time.time(), ttl=60.0, message_type="train")  # fmt: skip
+        replies.append(Message(content=content, metadata=meta))
+    strategy = OrderedFedAvg()
+    strategy.client_of = {1000 + k: k for k in range(6)}
+    first = strategy.aggregate_train(1, replies)[0].to_torch_state_dict()["w"].numpy()
+    for seed in range(5):
+        shuffled = replies[:]
+        random.Random(seed).shuffle(shuffled)
+        assert np.array_equal(strategy.aggregate_train(1, shuffled)[0].to_torch_state_dict()["w"].numpy(), first)

@@ -58,6 +58,11 @@ def test_simulation_agrees_with_reference(flower_run):
     for stage in ("before", "after"):
         for key in ("query_acc", "local_acc", "overall_acc"):
             assert flower_run["metrics"][f"{stage}.{key}"] == pytest.approx(ref[stage][key], abs=1e-6)
+    # step 0 as the nodes measured it: every client pushed epochs x its partition through its loop
+    lt = flower_run["local_training"]
+    assert lt["clients"] == 5
+    assert lt["samples"] == cfg.local.epochs * sum(sum(c) for c in ref["class_counts"].values())
+    assert lt["client_seconds"] > 0
 
 
 def test_querying_node_never_sends_data(flower_run):
