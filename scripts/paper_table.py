@@ -126,7 +126,7 @@ def aggregate(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
 def markdown(table: list[dict], title: str, reference: str = "local model") -> str:
     """A Markdown table with gaps to the QKT row and the local model's local accuracy."""
     ref_local = next((r["local_acc"] for r in table if r["method"] == reference), float("nan"))
-    qkt = next((r for r in table if r["method"] == "QKT"), None)
+    qkt = next((r for r in table if r["method"] in ("QKT", "QKT (default)")), None)
     lines = [f"**{title}**", "",
              f"| method | query | local | overall | mean(q,l) | Δlocal vs {reference} | QKT − method (query) | MB | s |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     datasets = args.datasets or preset["datasets"]
     start = time.perf_counter()
+    reused = sum(len(list((out / sub).glob("*/results.json"))) for sub in ("runs", "ablations"))
     rows, ablation_rows = [], []
     jobs = [(d, q, s) for d in datasets for q in QUERIES for s in args.seeds]
     try:
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         if part:
             report.append(markdown(part, f"{dataset} ablations (reference runner), 1-class query", "QKT (default)"))
     minutes = (time.perf_counter() - start) / 60
-    text = "\n\n".join(report) + f"\n\n{len(jobs)} Flower runs, {minutes:.1f} min.\n"
+    text = "\n\n".join(report) + f"\n\n{len(jobs)} Flower runs, {minutes:.1f} min ({reused} finished runs reused).\n"
     print(text)
     (out / "table.md").write_text(text)
     summary = {"preset": args.preset, "seeds": args.seeds, "minutes": minutes, "table": table,
