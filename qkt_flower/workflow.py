@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +32,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@contextmanager
+def every_core() -> Iterator[None]:
+    """Let torch use every core this process may run on, for a step that only one node runs.
+
+    Ray gives each simulated node one CPU (so that nodes train in parallel) and torch then uses one
+    thread; the query phases, the baselines and the evaluations run on the querying node alone, and
+    would leave the other cores idle.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def client_seed(seed: int, client: int) -> int:
