@@ -137,14 +137,14 @@ class CalibrationConfig:
 class SynthesisConfig:
     """Query-class images inverted from the experts (see ``qkt/synthesis.py``); ``per_class: 0`` = off."""
 
-    per_class: int = 0
-    steps: int = 200
-    lr: float = 0.1
-    bn_weight: float = 1.0
-    tv_weight: float = 1e-3
-    l2_weight: float = 1e-4
-    jitter: int = 2
-    batch_size: int = 128
+    per_class: int
+    steps: int
+    lr: float
+    bn_weight: float
+    tv_weight: float
+    l2_weight: float
+    jitter: int
+    batch_size: int
 
 
 @dataclass
@@ -159,8 +159,8 @@ class StrategyConfig:
     phase1: Phase1Config
     phase2: Phase2Config
     control: bool
+    synthesis: SynthesisConfig
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -32,6 +33,14 @@ def save_results(out_dir: str | Path, results: dict, cfg: DictConfig | None = No
     if cfg is not None:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return path
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys, in the first row's order) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def load_results(path: str | Path) -> dict:

@@ -38,6 +38,8 @@ def resolve_device(name: str) -> torch.device:
 def every_core() -> Iterator[None]:
     """Let torch use every core this process may run on, for a step that only one node runs.
 
+    A context manager, or a decorator (``@every_core()``) for a whole handler.
+
     Ray gives each simulated node one CPU (so that nodes train in parallel) and torch then uses one
     thread; the query phases, the baselines and the evaluations run on the querying node alone, and
     would leave the other cores idle.

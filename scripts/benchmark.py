@@ -146,6 +146,7 @@ def default_experiment(out: Path, extra: list[str], timeout: float) -> dict:
     flower = samples / f["seconds"]["train"]
     in_handlers = samples / max(f["local_training"]["client_seconds"], 1e-9)
     clients = f["local_training"]["clients"]
+    moved, fedavg = qkt_bytes(f), fedavg_round_bytes(f, clients)
     return {
         "samples": samples,
         "throughput": {"bare": bare, "flower": flower, "ratio": flower / bare, "flower_per_loop": in_handlers},
@@ -154,11 +155,12 @@ def default_experiment(out: Path, extra: list[str], timeout: float) -> dict:
             "reference": r["seconds"]["probe_and_mask"] / r["seconds"]["local_training"],
             "flower": f["seconds"]["probe"] / f["seconds"]["train"],
         },
-        "bytes": {"qkt": qkt_bytes(f), "fedavg_round": (fedavg := fedavg_round_bytes(f, clients)),
-                  "ratio": qkt_bytes(f) / fedavg},  # fmt: skip
+        "bytes": {"qkt": moved, "fedavg_round": fedavg, "ratio": moved / fedavg},
         "peak_memory_bytes": {"reference": ref["peak_memory_bytes"], "flower": fl["peak_memory_bytes"]},
-        "accuracy": {"reference": r["after"], "flower": {k.removeprefix("after."): v for k, v in
-                                                          f["metrics"].items() if k.startswith("after.")}},  # fmt: skip
+        "accuracy": {
+            "reference": r["after"],
+            "flower": {k.removeprefix("after."): v for k, v in f["metrics"].items() if k.startswith("after.")},
+        },  # fmt: skip
         "runs": {"reference": ref["cmd"], "flower": fl["cmd"]},
     }
 
@@ -182,7 +184,8 @@ def scaling(out: Path, counts: list[int], extra: list[str], timeout: float) -> l
                 "query_acc": res["metrics"]["after.query_acc"], "local_acc": res["metrics"]["after.local_acc"],
             })  # fmt: skip
         rows.append(row)
-        print(f"  {'ok' if row['ok'] else 'FAILED (rc %d)' % run['rc']}: {run['wall_s']:.0f} s, "
+        status = "ok" if row["ok"] else f"FAILED (rc {run['rc']})"
+        print(f"  {status}: {run['wall_s']:.0f} s, "
               f"peak {run['peak_memory_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
         if not row["ok"]:
             break  # larger counts would fail the same way

@@ -15,7 +15,6 @@ every run's ``results.json`` under ``--out`` (default ``outputs/paper_table/<pre
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.errors import ConfigError, DataNotFoundError
-from qkt_flower.results import load_results, mean_std
+from qkt_flower.results import load_results, mean_std, write_csv
 
 PRESETS = {
     "quick": {
@@ -127,9 +126,8 @@ def markdown(table: list[dict], title: str, reference: str = "local model") -> s
     """A Markdown table with gaps to the QKT row and the local model's local accuracy."""
     ref_local = next((r["local_acc"] for r in table if r["method"] == reference), float("nan"))
     qkt = next((r for r in table if r["method"] in ("QKT", "QKT (default)")), None)
-    lines = [f"**{title}**", "",
-             f"| method | query | local | overall | mean(q,l) | Δlocal vs {reference} | QKT − method (query) | MB | s |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    header = f"| method | query | local | overall | mean(q,l) | Δlocal vs {reference} | QKT − method (query) | MB | s |"
+    lines = [f"**{title}**", "", header, "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         gap = f"{qkt['query_acc'] - r['query_acc']:+.1f}" if qkt and r is not qkt else "—"
         lines.append(
@@ -227,10 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "table.json").write_text(json.dumps(summary, indent=1))
     for name, data in (("table.csv", table), ("ablations.csv", ablations)):
         if data:
-            with open(out / name, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(data[0]))
-                writer.writeheader()
-                writer.writerows(data)
+            write_csv(out / name, data)
     print(f"written: {out}/table.md, table.json, table.csv, ablations.csv")
 
 

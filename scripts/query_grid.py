@@ -17,7 +17,6 @@ method and writes ``grid.json`` / ``grid.csv`` under ``--out`` (default ``output
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -31,7 +30,7 @@ from qkt_flower.config import load_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataNotFoundError
 from qkt_flower.qkt.evaluate import evaluate_view
-from qkt_flower.results import mean_std
+from qkt_flower.results import mean_std, write_csv
 
 CAL = "strategy.calibration."
 VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines are handled apart)
@@ -40,7 +39,10 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, calibration 5 %": [CAL + "max_false_query=0.05"],
     "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
     "QKT, consistent KD": ["strategy.kd.consistent=true"],
-    "QKT, balance every present class": ["strategy.phase1.balance_over=present", "strategy.phase2.balance_over=present"],
+    "QKT, balance every present class": [
+        "strategy.phase1.balance_over=present",
+        "strategy.phase2.balance_over=present",
+    ],
     "QKT Light": ["strategy.mode=light"],
     "balanced-CE control (calibrated)": [],
     "balanced-CE control (no calibration)": [CAL + "max_false_query=null"],
@@ -97,7 +99,8 @@ def summarize(rows: list[dict], keys=("partition", "method")) -> list[dict]:
 
 
 def markdown(table: list[dict], title: str) -> str:
-    lines = [f"**{title}**", "", "| method | query | local | Δlocal | overall | mean(q,l) |", "|---|---|---|---|---|---|"]
+    header = "| method | query | local | Δlocal | overall | mean(q,l) |"
+    lines = [f"**{title}**", "", header, "|---|---|---|---|---|---|"]
     for r in table:
         lines.append(
             f"| {r['method']} | {r['query_acc']:.1f} ± {r['query_acc_std']:.1f} | {r['local_acc']:.1f} ± "
@@ -142,10 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "grid.md").write_text(text)
     (args.out / "grid.json").write_text(json.dumps({"table": table, "rows": rows, "skipped": skipped,
                                                     "minutes": minutes, "argv": sys.argv[1:]}, indent=1))  # fmt: skip
-    with open(args.out / "grid.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(args.out / "grid.csv", table)
     print(f"written: {args.out}/grid.md, grid.json, grid.csv")
 
 

@@ -12,12 +12,11 @@ and ``summary.csv`` (accuracies in %).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
 
-from qkt_flower.results import find_results, mean_std
+from qkt_flower.results import find_results, mean_std, write_csv
 
 METRICS = ("query_acc", "local_acc", "overall_acc", "mean_acc")
 
@@ -85,10 +84,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-        with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.out.with_suffix(".csv"), rows)
 
 
 if __name__ == "__main__":

@@ -104,13 +104,9 @@ def weights(msg: Message, context: Context) -> Message:
 
 
 @app.train("qkt")
+@wf.every_core()  # only this node works in this step
 def qkt(msg: Message, context: Context) -> Message:
     """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
-    with wf.every_core():
-        return _qkt(msg, context)
-
-
-def _qkt(msg: Message, context: Context) -> Message:
     cfg = R.unpack_experiment(msg.content)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
@@ -164,13 +160,9 @@ def _view_metrics(prefix: str, model: torch.nn.Module, fed: Federation, device) 
 
 
 @app.train("baselines")
+@wf.every_core()  # only this node works in this step
 def baselines(msg: Message, context: Context) -> Message:
     """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
-    with wf.every_core():
-        return _baselines(msg, context)
-
-
-def _baselines(msg: Message, context: Context) -> Message:
     cfg = R.unpack_experiment(msg.content)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
@@ -194,13 +186,9 @@ def _baselines(msg: Message, context: Context) -> Message:
 
 
 @app.query("evaluate")
+@wf.every_core()  # only this node works in this step
 def evaluate_global(msg: Message, context: Context) -> Message:
     """On the querying node: test-view accuracy of a global model, and after fine-tuning it on its own data."""
-    with wf.every_core():
-        return _evaluate_global(msg, context)
-
-
-def _evaluate_global(msg: Message, context: Context) -> Message:
     cfg = R.unpack_experiment(msg.content)
     fed = federation(cfg)
     device = wf.resolve_device(cfg.device)
