@@ -96,9 +96,7 @@ class QueryTask:
 
 def concat(a: ImageDataset, b: ImageDataset) -> ImageDataset:
     """Rows of ``a`` then ``b`` (same classes and normalisation)."""
-    return ImageDataset(
-        torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), a.classes, a.mean, a.std
-    )
+    return ImageDataset(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), a.classes, a.mean, a.std)
 
 
 def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, seed: int, device):

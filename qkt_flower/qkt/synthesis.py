@@ -41,9 +41,8 @@ class _BNStatistics:
 
     def __init__(self, model: nn.Module) -> None:
         self.losses: list[torch.Tensor] = []
-        self.handles = [
-            m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        ]
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.handles = [m.register_forward_hook(self._hook) for m in norms]
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
         x = inputs[0]
@@ -81,8 +80,8 @@ def invert(
     """``n`` inputs (normalised space) that ``teacher`` classifies as ``label``, its BN statistics matched.
 
     The teacher's weights are not changed (it stays in eval mode; only the inputs get gradients).
-    Random shifts (``jitter`` pixels) and flips (off with ``jitter=0``) at each step keep the images from over-fitting one
-    exact pixel pattern, as in DeepInversion.
+    Random shifts (``jitter`` pixels) and flips (off with ``jitter=0``) at each step keep the images from
+    over-fitting one exact pixel pattern, as in DeepInversion.
     """
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
@@ -143,7 +142,7 @@ def invert_experts(
     for c in sorted(by_class):
         models = by_class[c]
         counts = [spec.per_class // len(models) + (i < spec.per_class % len(models)) for i in range(len(models))]
-        for model, count in zip(models, counts):
+        for model, count in zip(models, counts, strict=True):
             for start in range(0, count, spec.batch_size):
                 n = min(spec.batch_size, count - start)
                 x = invert(model, c, n, like.input_shape, spec, generator, device)

@@ -88,7 +88,8 @@ def test_fedavg_aggregates_in_client_order_not_arrival_order():
     rng = np.random.default_rng(0)
     replies = []
     for k in range(6):
-        content = RecordDict({"arrays": ArrayRecord({"w": torch.from_numpy(rng.standard_normal(1000).astype(np.float32))}),
+        weights = torch.from_numpy(rng.standard_normal(1000).astype(np.float32))
+        content = RecordDict({"arrays": ArrayRecord({"w": weights}),
                               "metrics": MetricRecord({"num-examples": int(rng.integers(1, 10_000))})})  # fmt: skip
         meta = Metadata(run_id=1, message_id=f"m{k}", src_node_id=1000 + k, dst_node_id=0, reply_to_message_id="x",
                         group_id="1", created_at=_time.time(), ttl=60.0, message_type="train")  # fmt: skip

@@ -8,7 +8,13 @@ from torch import nn
 
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.models.cnn import SmallCNN
-from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, query_bias_shift, query_margins, split_holdout
+from qkt_flower.qkt.calibrate import (
+    CalibrationSpec,
+    calibrate_query_bias,
+    query_bias_shift,
+    query_margins,
+    split_holdout,
+)
 from qkt_flower.qkt.engine import OptimSpec
 from qkt_flower.qkt.phases import Expert, PhaseSpec, QKTSpec, QueryTask, consistent_pairs, query_learning
 from qkt_flower.qkt.synthesis import SynthesisSpec, invert, invert_experts
@@ -55,7 +61,7 @@ def test_calibration_bounds_the_false_query_share_on_the_images_it_saw():
     after = model.head.bias.detach()
     assert torch.equal(after[:2], before[:2]) and float(after[2]) == pytest.approx(float(before[2]) - shift)
     with torch.no_grad():
-        pred = model(((data.images.float() / 255 - 0.5) / 0.25)).argmax(-1)
+        pred = model((data.images.float() / 255 - 0.5) / 0.25).argmax(-1)
     local = data.labels < 2
     assert int((pred[local] == 2).sum()) <= int(0.05 * int(local.sum()))
 
@@ -84,7 +90,7 @@ def test_calibrated_query_learning_reports_its_shift_and_the_control_matches_its
     assert info["calibration_shift"] >= 0
     _, held = split_holdout(task.data, (0, 1), 0.2, seed=0)
     with torch.no_grad():
-        pred = student(((held.images.float() / 255 - 0.5) / 0.25)).argmax(-1)
+        pred = student((held.images.float() / 255 - 0.5) / 0.25).argmax(-1)
     assert not bool((pred == 2).any())  # max_false_query = 0 on the held-out local images
 
 

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 def test_tree_memory_counts_descendants():
     """A child holding 200 MB raises the tree's memory by about that much; the parent alone does not."""
     alone = benchmark.tree_memory_bytes(os.getpid())
-    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); print(1, flush=True); time.sleep(30)"
+    code = (
+        "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+        "print(1, flush=True); time.sleep(30)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
         child.stdout.readline()  # the buffer is touched
