@@ -217,6 +217,8 @@ class ExperimentConfig:
     seed: int
     device: str
     progress: bool
+    checkpoint_dir: str | None
+    resume: bool
 
 
 def to_config(cfg: DictConfig | dict) -> ExperimentConfig:
@@ -294,6 +296,8 @@ def validate(cfg: ExperimentConfig) -> None:
         cfg.device,
         "auto, cpu, cuda, cuda:N or mps",
     )
+    _check(not cfg.resume or bool(cfg.checkpoint_dir), "resume", cfg.resume,
+           "false unless checkpoint_dir is set (that is where the finished steps are)")  # fmt: skip
     _check_train("local", cfg.local)
     _check_train("strategy.phase1", s.phase1)
     _check_train("strategy.phase2", s.phase2)

@@ -44,6 +44,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
         "strategy.phase2.balance_over=present",
     ],
     "QKT Light": ["strategy.mode=light"],
+    "QKT, joint phase": ["strategy.mode=joint"],
     "balanced-CE control (calibrated)": [],
     "balanced-CE control (no calibration)": [CAL + "max_false_query=null"],
 }

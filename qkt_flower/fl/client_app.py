@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -41,6 +41,23 @@ def federation(cfg: ExperimentConfig) -> Federation:
     return _FEDERATION[key]
 
 
+def on_this_node(cfg: ExperimentConfig, context: Context) -> ExperimentConfig:
+    """The experiment as this node runs it: ``data-root`` in its node config points at its copy of the dataset.
+
+    In deployment every SuperNode keeps its data on its own disk (``--node-config 'data-root="/data"'``),
+    wherever that is; in simulation the node config has no such key and ``dataset.root`` holds.
+    """
+    root = context.node_config.get("data-root")
+    if root is None or str(root) == cfg.dataset.root:
+        return cfg
+    return replace(cfg, dataset=replace(cfg.dataset, root=str(root)))  # the parsed config is shared: copy
+
+
+def experiment(msg: Message, context: Context) -> ExperimentConfig:
+    """The experiment a message carries, as this node runs it."""
+    return on_this_node(R.unpack_experiment(msg.content), context)
+
+
 def partition_id(context: Context) -> int:
     """Client index of this node (``partition-id`` in its node config)."""
     return int(context.node_config["partition-id"])
@@ -68,7 +85,7 @@ def train(msg: Message, context: Context) -> Message:
     """
     if R.FL_ARRAYS in msg.content.array_records:
         return federated_round(msg, context)
-    cfg = R.unpack_experiment(msg.content)
+    cfg = experiment(msg, context)
     fed = federation(cfg)
     k = partition_id(context)
     n = len(fed.scenario.partitions[k])
@@ -86,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.query("probe")
 def probe(msg: Message, context: Context) -> Message:
     """Answer the noise probe with this node's mean softmax (C floats), regenerating the noise from its seed."""
-    cfg = R.unpack_experiment(msg.content)
+    cfg = experiment(msg, context)
     spec = msg.content.config_records[R.PROBE_SPEC]
     model = local_model(cfg, federation(cfg), context)
     noise = make_probe(tuple(spec["shape"]), int(spec["n"]), int(spec["seed"]), str(spec["kind"]))
@@ -107,7 +124,7 @@ def weights(msg: Message, context: Context) -> Message:
 @wf.every_core()  # only this node works in this step
 def qkt(msg: Message, context: Context) -> Message:
     """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
-    cfg = R.unpack_experiment(msg.content)
+    cfg = experiment(msg, context)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
         raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
@@ -142,7 +159,7 @@ def _model_from(cfg: ExperimentConfig, fed: Federation, record: ArrayRecord) -> 
 def federated_round(msg: Message, context: Context) -> Message:
     """A FedAvg (or FedProx, with ``proximal-mu`` in the config) round: train the global model on this partition."""
     config = msg.content.config_records[R.FL_CONFIG]
-    cfg = R.experiment_from_yaml(str(config[R.FL_EXPERIMENT]))
+    cfg = on_this_node(R.experiment_from_yaml(str(config[R.FL_EXPERIMENT])), context)
     fed = federation(cfg)
     k = partition_id(context)
     model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])
@@ -163,7 +180,7 @@ def _view_metrics(prefix: str, model: torch.nn.Module, fed: Federation, device) 
 @wf.every_core()  # only this node works in this step
 def baselines(msg: Message, context: Context) -> Message:
     """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
-    cfg = R.unpack_experiment(msg.content)
+    cfg = experiment(msg, context)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
         raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
@@ -189,7 +206,7 @@ def baselines(msg: Message, context: Context) -> Message:
 @wf.every_core()  # only this node works in this step
 def evaluate_global(msg: Message, context: Context) -> Message:
     """On the querying node: test-view accuracy of a global model, and after fine-tuning it on its own data."""
-    cfg = R.unpack_experiment(msg.content)
+    cfg = experiment(msg, context)
     fed = federation(cfg)
     device = wf.resolve_device(cfg.device)
     model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])

@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.data.federation import build_federation
+from qkt_flower.deploy.processes import stop_tree
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -47,8 +46,9 @@ def write_local_connection(home: Path) -> None:
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
 
 
-def _flwr_bin() -> str:
-    return str(Path(sys.executable).with_name("flwr"))
+def flwr_bin(name: str = "flwr") -> str:
+    """A Flower command (``flwr``, ``flower-superlink``, ...) of this Python environment."""
+    return str(Path(sys.executable).with_name(name))
 
 
 def superlink_pids(home: Path) -> list[int]:
@@ -65,38 +65,17 @@ def superlink_pids(home: Path) -> list[int]:
 
 
 def stop_superlink(home: Path, grace: float = 10.0) -> list[int]:
-    """Stop (SIGTERM, then SIGKILL after ``grace`` s) every SuperLink of this ``FLWR_HOME``; returns their pids."""
+    """Stop (SIGTERM, then SIGKILL after ``grace`` s) every SuperLink of this ``FLWR_HOME`` and its children."""
     pids = superlink_pids(home)
     for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in pids:
-        if _alive(pid):
-            _signal(pid, signal.SIGKILL)
+        stop_tree(pid, grace)
     return pids
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-
-
-def last_run_status(home: Path) -> str:
-    """Status of the newest run on the local SuperLink, e.g. ``finished:completed``."""
+def last_run_status(home: Path, connection: str = "local") -> str:
+    """Status of the newest run on a SuperLink connection of ``home``, e.g. ``finished:completed``."""
     out = subprocess.run(
-        [_flwr_bin(), "ls", "local", "--format", "json"], env=flwr_env(home), capture_output=True, text=True
+        [flwr_bin(), "ls", connection, "--format", "json"], env=flwr_env(home), capture_output=True, text=True
     )
     try:
         runs = json.loads(out.stdout)["runs"]
@@ -121,7 +100,7 @@ def flwr_run_simulation(
         f"num-supernodes={cfg.partition.num_clients} client-resources-num-cpus={cfg.simulation.num_cpus} "
         f"client-resources-num-gpus={float(cfg.simulation.num_gpus)}"
     )
-    cmd = [_flwr_bin(), "run", str(PROJECT_DIR), "local", "--stream", "--run-config", run_config,
+    cmd = [flwr_bin(), "run", str(PROJECT_DIR), "local", "--stream", "--run-config", run_config,
            "--federation-config", federation]  # fmt: skip
     try:
         proc = subprocess.run(cmd, env=flwr_env(home), timeout=timeout, text=True, capture_output=True)

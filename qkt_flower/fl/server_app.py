@@ -18,8 +18,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
-from qkt_flower.config import compose_config, to_config
+from qkt_flower.config import ExperimentConfig, compose_config, to_config
 from qkt_flower.fl.baselines import run_baselines
+from qkt_flower.fl.checkpoint import Checkpoint
 from qkt_flower.fl.strategy import QKTStrategy
 from qkt_flower.results import save_results
 
@@ -32,6 +33,29 @@ def config_yaml_from_run_config(run_config: dict) -> str:
     return OmegaConf.to_yaml(compose_config(overrides), resolve=True)
 
 
+def with_local_models(cfg_yaml: str, checkpoint: Checkpoint) -> str:
+    """The config the nodes get: unless ``local.cache_dir`` is set, they keep their models in the checkpoint."""
+    tree = OmegaConf.create(cfg_yaml)
+    if checkpoint.local_models is None or tree.local.cache_dir:
+        return cfg_yaml
+    tree.local.cache_dir = checkpoint.local_models
+    return OmegaConf.to_yaml(tree, resolve=True)
+
+
+def run_experiment(cfg: ExperimentConfig, cfg_yaml: str, grid: Grid, checkpoint: Checkpoint) -> dict:
+    """QKT, then the configured baselines, over ``grid``; the results dictionary."""
+    start = time.perf_counter()
+    qkt = QKTStrategy(cfg, cfg_yaml, cfg.simulation.reply_timeout, cfg.simulation.connect_timeout, checkpoint)
+    results = qkt.run(grid)
+    results["seconds"]["total"] = time.perf_counter() - start
+    if cfg.baselines.one_round or cfg.baselines.federated:
+        start = time.perf_counter()
+        results["baselines"] = checkpoint.get("baselines") or run_baselines(qkt, grid)
+        checkpoint.put("baselines", results["baselines"])
+        results["seconds"]["baselines"] = time.perf_counter() - start
+    return results
+
+
 def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = None) -> ServerApp:
     """A ServerApp running one QKT experiment; without ``cfg_yaml`` it reads ``context.run_config``."""
     app = ServerApp()
@@ -40,15 +64,14 @@ def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = No
     def main(grid: Grid, context: Context) -> None:
         yaml = cfg_yaml or config_yaml_from_run_config(dict(context.run_config))
         cfg = to_config(OmegaConf.create(yaml))
-        start = time.perf_counter()
-        qkt = QKTStrategy(cfg, yaml, cfg.simulation.reply_timeout, cfg.simulation.connect_timeout)
-        results = qkt.run(grid)
-        results["seconds"]["total"] = time.perf_counter() - start
-        if cfg.baselines.one_round or cfg.baselines.federated:
-            start = time.perf_counter()
-            results["baselines"] = run_baselines(qkt, grid)
-            results["seconds"]["baselines"] = time.perf_counter() - start
         folder = Path(out_dir or context.run_config.get("output-dir") or f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}")
+        checkpoint = Checkpoint(cfg.checkpoint_dir, yaml, cfg.resume)
+        if checkpoint.get("results") is not None:  # every step finished before: nothing to send
+            results = {**checkpoint.get("results"), "resumed": ["all"]}
+        else:
+            yaml = with_local_models(yaml, checkpoint)
+            results = run_experiment(to_config(OmegaConf.create(yaml)), yaml, grid, checkpoint)
+            checkpoint.put("results", results)
         path = save_results(folder, results, OmegaConf.create(yaml))
         log.info("QKT results: %s", path)
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from qkt_flower import workflow as wf
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.fl import records as R
+from qkt_flower.fl.checkpoint import Checkpoint
 from qkt_flower.qkt.probe import check_probe_reply
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,22 @@ class QKTStrategy:
         Seconds to wait for the replies of one step.
     connect_timeout
         Seconds to wait for all ``partition.num_clients`` nodes to connect before starting with those present.
+    checkpoint
+        Where finished steps are recorded, and read back with ``resume=true`` (the probe's scores and the
+        QKT metrics; training is skipped by the nodes themselves, which find their models on disk).
     """
 
     def __init__(
-        self, cfg: ExperimentConfig, cfg_yaml: str, timeout: float = 3600.0, connect_timeout: float = 300.0
+        self,
+        cfg: ExperimentConfig,
+        cfg_yaml: str,
+        timeout: float = 3600.0,
+        connect_timeout: float = 300.0,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.cfg, self.cfg_yaml, self.timeout, self.connect_timeout = cfg, cfg_yaml, timeout, connect_timeout
+        self.checkpoint = checkpoint or Checkpoint(None, cfg_yaml, False)
+        self.resumed: list[str] = []  # steps taken from the checkpoint instead of run
         self.bytes = {"sent": {}, "received": {}}
         self.dropped: dict[int, str] = {}  # client id (or node id before training) -> reason
         self.seconds: dict[str, float] = {}
@@ -155,6 +166,16 @@ class QKTStrategy:
             "client_seconds": float(sum(i.get("train-seconds", 0.0) for i in self.info.values())),
         }
 
+    def resume_or_probe(self, grid: Grid, teachers: dict[int, int], shape, num_classes: int) -> dict:
+        """The probe step, or its scores from the checkpoint (for the teachers that trained this time)."""
+        saved = self.checkpoint.get("probe")
+        if saved is not None:
+            self.resumed.append("probe")
+            return {int(k): torch.tensor(v) for k, v in saved.items() if int(k) in teachers}
+        scores = self.probe(grid, teachers, shape, num_classes)
+        self.checkpoint.put("probe", {str(k): v.tolist() for k, v in scores.items()})
+        return scores
+
     # -- the protocol --------------------------------------------------------------------------------
     def run(self, grid: Grid) -> dict:
         """Run QKT over the grid; returns the results dictionary.
@@ -177,8 +198,12 @@ class QKTStrategy:
         num_classes, shape = int(info["num-classes"]), tuple(int(v) for v in info["input-shape"])
         teachers = {k: n for k, n in node_of.items() if k != query_client}
         steps.update()
+        if (saved := self.checkpoint.get("qkt")) is not None:  # probe, experts and query learning were done
+            steps.close()
+            self.resumed.append("qkt")
+            return {**saved, "local_training": self.local_training(), "resumed": self.resumed}
         steps.set_postfix_str(f"probing {len(teachers)} teachers")
-        scores = self.probe(grid, teachers, shape, num_classes)
+        scores = self.resume_or_probe(grid, teachers, shape, num_classes)
         steps.update()
         steps.set_postfix_str("fetching experts")
         masks, selection = wf.choose_experts(self.cfg, scores, tuple(query_classes))
@@ -196,7 +221,7 @@ class QKTStrategy:
         metrics = self.query(grid, node_of[query_client], arrays, experts)
         steps.update()
         steps.close()
-        return {
+        results = {
             "method": "qkt-flower",
             "querying_client": query_client,
             "query_classes": list(query_classes),
@@ -209,6 +234,10 @@ class QKTStrategy:
             "metrics": metrics,
             "local_training": self.local_training(),
             "dropped": self.dropped,
+            "resumed": self.resumed,
             "bytes": self.bytes,
             "seconds": self.seconds,
         }  # fmt: skip
+        if metrics is not None:
+            self.checkpoint.put("qkt", results)
+        return results

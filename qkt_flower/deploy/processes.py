@@ -1,0 +1,82 @@
+"""Start and stop the Flower runtime's processes so that nothing outlives a script or a test.
+
+Flower's daemons start helpers of their own (a SuperLink starts ``flower-superexec`` in a new process
+group, a SuperNode one ``flwr-clientapp`` per message), so stopping the pid we started is not enough:
+:func:`stop_tree` signals the whole tree of descendants, found through ``/proc`` before any of them dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def send(pid: int, sig: int) -> None:
+    """``os.kill`` that ignores a process already gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children first found, deepest last)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int(proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_tree(pid: int, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Signal ``pid`` and all its descendants (``sig``, then SIGKILL after ``grace`` seconds)."""
+    pids = [pid, *descendants(pid)]
+    for p in pids:
+        send(p, sig)
+    deadline = time.monotonic() + grace
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in pids:
+        if alive(p):
+            send(p, signal.SIGKILL)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float, pid: int | None = None) -> None:
+    """Block until ``host:port`` accepts connections; fail early if process ``pid`` died meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None and not alive(pid):
+            raise RuntimeError(f"process {pid} exited before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
