@@ -22,7 +22,8 @@ from qkt_flower import workflow as wf
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.fl import records as R
 from qkt_flower.fl.checkpoint import Checkpoint
-from qkt_flower.qkt.probe import check_probe_reply
+from qkt_flower.models import build_model
+from qkt_flower.qkt.probe import check_probe_reply, check_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class QKTStrategy:
         self.client_of: dict[int, int] = {}  # node id -> client id, learnt from the train replies
         self.info: dict[int, dict] = {}  # client id -> its train reply (num-classes, input-shape, query-classes)
         self.node_of: dict[int, int] = {}  # client id -> node id, of the nodes that trained
+        self.expected_shapes: dict[str, torch.Size] = {}  # the agreed model's tensors, to check weights against
 
     # -- messaging -----------------------------------------------------------------------------------
     def _exchange(self, grid: Grid, step: str, messages: list[Message]) -> list[Message]:
@@ -68,13 +70,17 @@ class QKTStrategy:
         sent = self.bytes["sent"]  # steps may repeat (re-selection): accumulate
         sent[step] = sent.get(step, 0) + sum(R.payload_bytes(m.content) for m in messages)
         replies = list(grid.send_and_receive(messages, timeout=self.timeout))
-        ok = []
+        # An error reply may come from the SuperLink itself (e.g. "Node Unavailable" for a node that
+        # stopped sending heartbeats), so match replies to the message they answer, not to their source.
+        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        ok, answered = [], set()
         for r in replies:
+            node = dst_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+            answered.add(node)
             if r.has_error():
-                self._drop(r.metadata.src_node_id, step, f"error: {r.error.reason}")
+                self._drop(node, step, f"error: {r.error.reason}")
             else:
                 ok.append(r)
-        answered = {r.metadata.src_node_id for r in replies}
         for m in messages:
             if m.metadata.dst_node_id not in answered:
                 self._drop(m.metadata.dst_node_id, step, "no reply (timeout)")
@@ -145,10 +151,19 @@ class QKTStrategy:
         out = {}
         for r in self._exchange(grid, step, msgs):
             k = self.client_of[r.metadata.src_node_id]
-            if R.TEACHER_ARRAYS in r.content.array_records:
-                out[k] = r.content.array_records[R.TEACHER_ARRAYS]
+            record = r.content.array_records.get(R.TEACHER_ARRAYS)
+            try:
+                reason = (
+                    "reply without weights"
+                    if record is None
+                    else check_weights(R.state_dict_of(record), self.expected_shapes)
+                )
+            except (ValueError, TypeError, RuntimeError) as err:  # arrays that do not even decode
+                reason = f"undecodable weights ({err})"
+            if reason is None:
+                out[k] = record
             else:
-                self._drop(r.metadata.src_node_id, step, "reply without weights")
+                self._drop(r.metadata.src_node_id, step, f"invalid reply: {reason}")
         return out
 
     def query(self, grid: Grid, node_id: int, arrays: dict, experts) -> dict | None:
@@ -186,6 +201,7 @@ class QKTStrategy:
         steps = tqdm(total=4, desc="QKT", unit="step", disable=not self.cfg.progress)
         steps.set_postfix_str("local training")
         node_of = self.node_of = self.train(grid, self.wait_for_nodes(grid))
+        self.checkpoint.put("train", {str(k): self.info[k] for k in sorted(node_of)})  # the local models are on disk
         for k in range(self.cfg.partition.num_clients):
             if k not in node_of:  # never connected, or failed training (then also listed by node id)
                 self.dropped.setdefault(str(k), "train: no trained model from this client")
@@ -196,6 +212,8 @@ class QKTStrategy:
         info = self.info[query_client]
         query_classes = [int(c) for c in info["query-classes"]]
         num_classes, shape = int(info["num-classes"]), tuple(int(v) for v in info["input-shape"])
+        reference = build_model(self.cfg.model.name, shape, num_classes, seed=0)
+        self.expected_shapes = {k: v.shape for k, v in reference.state_dict().items()}
         teachers = {k: n for k, n in node_of.items() if k != query_client}
         steps.update()
         if (saved := self.checkpoint.get("qkt")) is not None:  # probe, experts and query learning were done

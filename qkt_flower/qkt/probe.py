@@ -81,3 +81,20 @@ def check_probe_reply(scores: object, num_classes: int, atol: float = 1e-3) -> s
     if abs(total - 1.0) > atol:
         return f"scores sum to {total:.4f}, not 1"
     return None
+
+
+def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> str | None:
+    """Why a teacher's weights are unusable as an expert, or ``None`` if they are valid.
+
+    They must hold exactly the tensors of the agreed architecture (same names and shapes: a node with a
+    different label space or model answers other shapes) and only finite values (a diverged teacher).
+    """
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        return f"not the agreed model: missing {missing[:3]}, unexpected {extra[:3]}"
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != tuple(shape):
+            return f"{name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}"
+        if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
+            return f"non-finite values (NaN/inf) in {name}"
+    return None

@@ -72,9 +72,21 @@ def test_querying_node_never_sends_data(flower_run):
     assert all(not isinstance(v, list) for v in flower_run["metrics"].values())
 
 
-def _faulty_client_app(fail_probe: int, fail_weights: int) -> ClientApp:
-    """The product's handlers, except that one node raises while probing and another while sending weights."""
+def _faulty_client_app(faults: dict[int, str], silence: float = 0.0) -> ClientApp:
+    """The product's handlers, except that some nodes misbehave: ``{client: fault}``.
+
+    Faults: ``raise-probe`` / ``raise-weights`` (the handler raises), ``silent-probe`` (answers after
+    ``silence`` seconds, past the server's reply timeout), ``long-probe`` (C + 1 scores: another label space),
+    ``nan-weights`` (a diverged teacher).
+    """
+    import time
+
+    from flwr.app import ArrayRecord, MetricRecord
+
     app = ClientApp()
+
+    def fault(context: Context) -> str | None:
+        return faults.get(product.partition_id(context))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -86,38 +98,67 @@ def _faulty_client_app(fail_probe: int, fail_weights: int) -> ClientApp:
 
     @app.query("probe")
     def probe(msg: Message, context: Context) -> Message:
-        if product.partition_id(context) == fail_probe:
+        if fault(context) == "raise-probe":
             raise RuntimeError("injected failure while probing")
-        return product.probe(msg, context)
+        if fault(context) == "silent-probe":
+            time.sleep(silence)
+        reply = product.probe(msg, context)
+        if fault(context) == "long-probe":
+            scores = list(reply.content.metric_records[R.PROBE_SCORES]["scores"])
+            reply = product.reply(msg, **{R.PROBE_SCORES: MetricRecord({"scores": [*scores, 0.0]})})
+        return reply
 
     @app.query("weights")
     def weights(msg: Message, context: Context) -> Message:
-        if product.partition_id(context) == fail_weights:
+        if fault(context) == "raise-weights":
             raise RuntimeError("injected failure while sending weights")
-        return product.weights(msg, context)
+        reply = product.weights(msg, context)
+        state = reply.content.array_records[R.TEACHER_ARRAYS].to_torch_state_dict()
+        if fault(context) == "nan-weights":
+            state = {k: v.float() * float("nan") if v.is_floating_point() else v for k, v in state.items()}
+        return product.reply(msg, **{R.TEACHER_ARRAYS: ArrayRecord(state)})
 
     return app
 
 
-def test_failing_nodes_do_not_stop_the_run(tmp_path):
+def _run_with_faults(tmp_path, faults: dict[int, str], extra=(), silence: float = 0.0) -> dict:
     from flwr.simulation import run_simulation
 
     from qkt_flower.fl.server_app import make_server_app
 
-    cfg, yaml = _config(["query.classes=[1]"])
-    ref = run_reference(cfg)
-    experts = ref["experts"][1]
+    _, yaml = _config(extra)
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False}}
+    run_simulation(make_server_app(yaml, tmp_path), _faulty_client_app(faults, silence), 5, backend_config=backend)
+    return load_results(tmp_path)
+
+
+def test_failing_nodes_do_not_stop_the_run(tmp_path):
+    cfg, _ = _config(["query.classes=[1]"])
+    experts = run_reference(cfg)["experts"][1]
     fail_weights = experts[0]  # an expert of the query class fails to send its weights
     fail_probe = next(k for k in range(1, 5) if k not in experts)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False}}
-    run_simulation(make_server_app(yaml, tmp_path), _faulty_client_app(fail_probe, fail_weights), 5,
-                   backend_config=backend)  # fmt: skip
-    res = load_results(tmp_path)
+    res = _run_with_faults(tmp_path, {fail_probe: "raise-probe", fail_weights: "raise-weights"}, ["query.classes=[1]"])
     assert set(res["dropped"]) == {str(fail_probe), str(fail_weights)}
     assert "probe" in res["dropped"][str(fail_probe)] and "injected" in res["dropped"][str(fail_probe)]
     assert "weights" in res["dropped"][str(fail_weights)]
     assert str(fail_probe) not in res["probe"]["scores"]
     assert fail_weights not in res["experts"]["1"]
+    assert res["metrics"]["after.query_acc"] > res["metrics"]["before.query_acc"]
+
+
+def test_invalid_and_silent_nodes_are_dropped_with_reasons(tmp_path):
+    """Query [1, 3]: clients 1 and 3 know class 1, clients 2 and 3 class 3; client 4 neither.
+
+    Client 4 never answers the probe in time, client 2 answers a probe of another label space, client 1
+    (an expert) sends NaN weights: QKT finishes with client 3 alone, and says why each one was dropped.
+    """
+    extra = ["query.classes=[1,3]", "query.num_classes=2", "simulation.reply_timeout=20"]
+    res = _run_with_faults(tmp_path, {4: "silent-probe", 2: "long-probe", 1: "nan-weights"}, extra, silence=35)
+    assert set(res["dropped"]) == {"1", "2", "4"}, res["dropped"]
+    assert res["dropped"]["4"].startswith("probe: no reply")
+    assert "probe: invalid reply: expected 10 scores" in res["dropped"]["2"]
+    assert "weights: invalid reply: non-finite" in res["dropped"]["1"]
+    assert res["experts"] == {"1": [3], "3": [3]}
     assert res["metrics"]["after.query_acc"] > res["metrics"]["before.query_acc"]
 
 

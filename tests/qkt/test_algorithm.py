@@ -105,3 +105,17 @@ def test_phase1_changes_the_feature_extractor_and_is_deterministic():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="mode"):
         query_learning(SmallCNN(1, 3, image_size=8), _toy_task(), [], _spec("nope"), seed=0)
+
+
+def test_check_weights_refuses_other_shapes_and_nan():
+    from qkt_flower.models import build_model
+    from qkt_flower.qkt.probe import check_weights
+
+    good = build_model("cnn", (1, 28, 28), 10, seed=0).state_dict()
+    expected = {k: v.shape for k, v in good.items()}
+    assert check_weights(good, expected) is None
+    other_labels = build_model("cnn", (1, 28, 28), 11, seed=0).state_dict()
+    assert "expected" in check_weights(other_labels, expected)
+    name = next(k for k, v in good.items() if v.is_floating_point())
+    assert "non-finite" in check_weights({**good, name: good[name] * float("nan")}, expected)
+    assert "not the agreed model" in check_weights({k: v for k, v in good.items() if k != name}, expected)
