@@ -19,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 from qkt_flower.config import load_config
-from qkt_flower.deploy.local import LocalDeployment
 from qkt_flower.data.federation import build_federation
+from qkt_flower.deploy.local import LocalDeployment
 from qkt_flower.errors import ConfigError, DataNotFoundError
 
 
