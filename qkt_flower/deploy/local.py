@@ -8,7 +8,7 @@ register`` before the node starts (the SuperLink runs with ``--enable-supernode-
 node is refused). Every SuperNode gets its own ``FLWR_HOME``, its own ``--port`` and the node config
 ``partition-id=K data-root=...``.
 
-Every process is started in a new session and stopped with its whole tree (:func:`stop_tree`), also when
+Every process is started in a new session and stopped with its whole tree (:func:`stop_trees`), also when
 the caller fails: use it as a context manager.
 
     with LocalDeployment(tmp, num_nodes=3) as d:
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.deploy.credentials import NodeKey, TLSFiles, make_node_key, make_tls
-from qkt_flower.deploy.processes import alive, free_port, stop_tree, wait_for_port
+from qkt_flower.deploy.processes import alive, free_port, stop_trees, wait_for_port
 from qkt_flower.fl.launch import PROJECT_DIR, flwr_bin, flwr_env, last_run_status
 
 CONNECTION = "deployment"  # the connection name in $FLWR_HOME/config.toml of the `flwr` CLI
@@ -127,12 +128,11 @@ class LocalDeployment:
 
     def stop(self) -> None:
         """Stop every SuperNode, then the SuperLink, each with all its children."""
-        for node in self.nodes.values():
-            stop_tree(node.pid)
-            node.popen.wait()
+        stop_trees([node.pid for node in self.nodes.values()])  # all nodes at once, one grace period
         if self.superlink is not None:
-            stop_tree(self.superlink.pid)
-            self.superlink.popen.wait()
+            stop_trees([self.superlink.pid])
+        for daemon in [*self.nodes.values(), *([self.superlink] if self.superlink else [])]:
+            daemon.popen.wait()  # reap: no zombie left behind
 
     def _spawn(self, name: str, cmd: list[str], home: Path) -> Daemon:
         home.mkdir(parents=True, exist_ok=True)
@@ -212,9 +212,7 @@ class LocalDeployment:
 
     def kill_node(self, k: int) -> None:
         """Kill SuperNode ``k`` and its children now (SIGKILL: no goodbye to the SuperLink)."""
-        import signal
-
-        stop_tree(self.nodes[k].pid, grace=0.0, sig=signal.SIGKILL)
+        stop_trees([self.nodes[k].pid], grace=0.0, sig=signal.SIGKILL)
         self.nodes[k].popen.wait()
 
     # -- the flwr CLI ---------------------------------------------------------------------------------
@@ -238,24 +236,22 @@ class LocalDeployment:
                       f"output-dir={json.dumps(str(Path(out_dir).resolve()))}")  # fmt: skip
         return [flwr_bin(), "run", str(PROJECT_DIR), CONNECTION, "--stream", "--run-config", run_config]
 
-    def submit(self, overrides: list[str], out_dir: Path) -> subprocess.Popen:
+    def submit(self, overrides: list[str], out_dir: Path) -> Daemon:
         """Start ``flwr run`` without waiting (for tests that act during the run)."""
         to_config(compose_config(overrides))  # a bad value is refused here, before any process works
-        log = (self.workdir / "logs" / "flwr-run.log").open("wb")
-        return subprocess.Popen(self.run_command(overrides, out_dir), env=flwr_env(self.cli_home), stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        return self._spawn("flwr-run", self.run_command(overrides, out_dir), self.cli_home)
 
-    def wait(self, proc: subprocess.Popen, timeout: float | None = None) -> str:
+    def wait(self, run: Daemon, timeout: float | None = None) -> str:
         """Wait for a submitted run; returns its final status, raises unless it completed."""
         try:
-            proc.wait(timeout=timeout)
+            run.popen.wait(timeout=timeout)
         finally:
-            if proc.poll() is None:
-                stop_tree(proc.pid)
+            if run.popen.poll() is None:
+                stop_trees([run.pid])
+                run.popen.wait()
         status = last_run_status(self.cli_home, CONNECTION)
-        if proc.returncode != 0 or status != "finished:completed":
-            log = (self.workdir / "logs" / "flwr-run.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"flwr run failed (exit {proc.returncode}, status {status}):\n{log}")
+        if run.popen.returncode != 0 or status != "finished:completed":
+            raise RuntimeError(f"flwr run failed (exit {run.popen.returncode}, status {status}):\n{run.tail(60)}")
         return status
 
     def run(self, overrides: list[str], out_dir: Path, timeout: float | None = None) -> str:

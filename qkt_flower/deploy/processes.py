@@ -2,7 +2,7 @@
 
 Flower's daemons start helpers of their own (a SuperLink starts ``flower-superexec`` in a new process
 group, a SuperNode one ``flwr-clientapp`` per message), so stopping the pid we started is not enough:
-:func:`stop_tree` signals the whole tree of descendants, found through ``/proc`` before any of them dies.
+:func:`stop_trees` signals the whole tree of descendants, found through ``/proc`` before any of them dies.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -48,15 +49,20 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def stop_tree(pid: int, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
-    """Signal ``pid`` and all its descendants (``sig``, then SIGKILL after ``grace`` seconds)."""
-    pids = [pid, *descendants(pid)]
-    for p in pids:
+def stop_trees(pids: Iterable[int], grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Signal every process in ``pids`` and all their descendants at once (``sig``, then SIGKILL after ``grace`` s).
+
+    All trees share one grace period: stopping N SuperNodes costs at most ``grace``, not N times it.
+    """
+    every = []
+    for pid in pids:
+        every += [pid, *descendants(pid)]
+    for p in every:
         send(p, sig)
     deadline = time.monotonic() + grace
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in every) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for p in pids:
+    for p in every:
         if alive(p):
             send(p, signal.SIGKILL)
 

@@ -5,7 +5,7 @@ keys that do not change results: ``resume``, ``progress``, ``device``, ``checkpo
 the same command finds it whatever Hydra's timestamped output folder is. It holds ``steps.json`` (the
 server's view of each finished step: training replies, probe scores, QKT metrics, baselines) and
 ``local_models/`` (every node's trained model: the nodes write it there through ``local.cache_dir``; in a
-deployment each node writes on its own disk, or where its node config ``checkpoint-dir`` says).
+deployment each node writes that path on its own disk).
 """
 
 from __future__ import annotations

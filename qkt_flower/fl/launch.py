@@ -22,7 +22,7 @@ from pathlib import Path
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.data.federation import build_federation
-from qkt_flower.deploy.processes import stop_tree
+from qkt_flower.deploy.processes import stop_trees
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -67,8 +67,7 @@ def superlink_pids(home: Path) -> list[int]:
 def stop_superlink(home: Path, grace: float = 10.0) -> list[int]:
     """Stop (SIGTERM, then SIGKILL after ``grace`` s) every SuperLink of this ``FLWR_HOME`` and its children."""
     pids = superlink_pids(home)
-    for pid in pids:
-        stop_tree(pid, grace)
+    stop_trees(pids, grace)
     return pids
 
 

@@ -86,10 +86,10 @@ def test_resume_skips_finished_steps(deployment, tmp_path):
 def test_killed_supernode_mid_run(deployment, tmp_path):
     """Kill a teacher's SuperNode (its process tree, by pid) after training: QKT finishes with the others."""
     victim = NODES - 1  # the querying client is 0
-    proc = deployment.submit(_overrides(tmp_path, "simulation.reply_timeout=120"), tmp_path / "out")
+    run = deployment.submit(_overrides(tmp_path, "simulation.reply_timeout=120"), tmp_path / "out")
     steps_file = None
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline and run.alive():
         steps_file = next((tmp_path / "checkpoints").glob("*/steps.json"), None)
         if steps_file is not None and "train" in json.loads(steps_file.read_text()):
             break
@@ -99,7 +99,7 @@ def test_killed_supernode_mid_run(deployment, tmp_path):
     tree = [pid, *descendants(pid)]
     deployment.kill_node(victim)
     assert not any(alive(p) for p in tree)
-    deployment.wait(proc, timeout=900)
+    deployment.wait(run, timeout=900)
     res = load_results(tmp_path / "out")
     assert str(victim) in res["dropped"], res["dropped"]
     assert "probe" in res["dropped"][str(victim)] or "weights" in res["dropped"][str(victim)]
