@@ -7,6 +7,7 @@ paths agree.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -236,6 +237,38 @@ def federated_round(
     train_round(model, fed.client_data(client), b.epochs_per_round, cfg.local.batch_size, optim_spec(cfg.local),
                 seed, mu, device)  # fmt: skip
     return model.eval()
+
+
+def federated_baseline(
+    cfg: ExperimentConfig, fed: Federation, mu: float, rounds: int, eval_rounds, device
+) -> dict[int, nn.Module]:
+    """FedAvg (``mu = 0``) / FedProx without Flower: the global model after each round in ``eval_rounds``.
+
+    The same client round (:func:`federated_round`) and the same sample-weighted average, in client
+    order, as the Flower path (``fl/baselines.py``): the reference runner and the interference grid use
+    it to compare against one-round methods without a simulation per cell.
+    """
+    from qkt_flower.baselines.averaging import average_state_dicts
+
+    model = initial_global_model(cfg, fed.train.input_shape, fed.train.num_classes).to(device)
+    clients = list(range(fed.num_clients))
+    sizes = [len(fed.scenario.partitions[k]) for k in clients]
+    out: dict[int, nn.Module] = {}
+    for server_round in range(1, rounds + 1):
+        start = copy.deepcopy(model.state_dict())
+        updates = []
+        for k in clients:
+            model.load_state_dict(start)
+            updates.append(
+                {
+                    n: t.detach().clone()
+                    for n, t in federated_round(cfg, fed, k, model, server_round, mu, device).state_dict().items()
+                }
+            )
+        model.load_state_dict(average_state_dicts(updates, sizes))
+        if server_round in eval_rounds:
+            out[server_round] = copy.deepcopy(model).eval()
+    return out
 
 
 def initial_global_model(cfg: ExperimentConfig, input_shape, num_classes: int) -> nn.Module:
