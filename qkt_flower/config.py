@@ -123,6 +123,7 @@ class KDConfig:
     standardize: bool
     gate: bool
     consistent: bool = False
+    weighting: str = "uniform"
 
 
 @dataclass
@@ -268,7 +269,7 @@ def validate(cfg: ExperimentConfig) -> None:
     from qkt_flower.data.partition import PARTITIONS
     from qkt_flower.models import MODELS
     from qkt_flower.qkt.mask import MASK_RULES
-    from qkt_flower.qkt.phases import MODES
+    from qkt_flower.qkt.phases import MODES, WEIGHTINGS
     from qkt_flower.qkt.probe import NOISE_KINDS
 
     d, p, s, q = cfg.dataset, cfg.partition, cfg.strategy, cfg.query
@@ -321,6 +322,7 @@ def validate(cfg: ExperimentConfig) -> None:
         "a float in (0, 1)",
     )
     _check(s.kd.temperature > 0, "strategy.kd.temperature", s.kd.temperature, "a float > 0")
+    _check(s.kd.weighting in WEIGHTINGS, "strategy.kd.weighting", s.kd.weighting, f"one of {list(WEIGHTINGS)}")
     limit = s.calibration.max_false_query
     _check(limit is None or 0 <= limit < 1, "strategy.calibration.max_false_query", limit, "null or a float in [0, 1)")
     _check(0 <= s.calibration.holdout < 1, "strategy.calibration.holdout", s.calibration.holdout, "a float in [0, 1)")
@@ -430,6 +432,7 @@ def qkt_spec(s: StrategyConfig):
         standardize=s.kd.standardize,
         gate=s.kd.gate,
         consistent=s.kd.consistent,
+        weighting=s.kd.weighting,
         calibration=CalibrationSpec(s.calibration.max_false_query, s.calibration.holdout),
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
     )

@@ -77,6 +77,7 @@ class QKTSpec:
     standardize: bool = False
     gate: bool = True
     consistent: bool = False
+    weighting: str = "uniform"
     calibration: CalibrationSpec = CalibrationSpec()
     synthesis: SynthesisSpec = SynthesisSpec()
 
@@ -152,6 +153,28 @@ def consistent_pairs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return logits.argmax(dim=-1) == labels.to(logits.device).unsqueeze(0)
 
 
+WEIGHTINGS = ("uniform", "shots")
+
+
+def shot_trust(experts: list[Expert], logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(K,)``: how much expert ``k`` believes the querying client's own query shots, ``mean p_k(y | x)``.
+
+    The server picks experts from noise probes alone; the querying client holds a few labelled images
+    of each query class and can check them. An expert that gives the shots low probability (a teacher
+    whose mask marks the class but that holds a handful of its images, or confuses it with a
+    look-alike) would teach the student that the shots are "other"; its terms are down-weighted in
+    proportion. An expert with no shot to judge it by (0 shots) keeps weight 1.
+    """
+    labels = labels.to(logits.device)
+    trust = torch.ones(len(experts), device=logits.device)
+    for k, e in enumerate(experts):
+        rows = torch.isin(labels, torch.tensor(e.query_classes, device=labels.device))
+        if bool(rows.any()):
+            p = logits[k, rows].float().softmax(dim=-1)
+            trust[k] = p.gather(1, labels[rows].unsqueeze(1)).mean()
+    return trust
+
+
 class QueryDistillation:
     """``L_query`` over cached expert logits: collapsed, gated, averaged over (expert, sample) pairs."""
 
@@ -170,6 +193,11 @@ class QueryDistillation:
             if labels is None:
                 raise ValueError("consistent KD needs the transfer set's labels")
             self.consistent = consistent_pairs(logits, labels)
+        self.trust = None
+        if spec.weighting == "shots":
+            if labels is None:
+                raise ValueError("shot-weighted KD needs the transfer set's labels")
+            self.trust = shot_trust(experts, logits, labels)
         self.keeps = [torch.tensor(e.query_classes, dtype=torch.long, device=device) for e in experts]
         gates = torch.ones(len(experts), num_classes, dtype=torch.bool, device=device)
         if spec.gate:
@@ -189,6 +217,8 @@ class QueryDistillation:
             weight = self.gates[k, batch.y].float()
             if self.consistent is not None:
                 weight = weight * self.consistent[k, batch.idx].float()
+            if self.trust is not None:
+                weight = weight * self.trust[k]
             weights.append(weight)
         if not values:
             return student_logits.sum() * 0.0

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.data.loaders import Batch
 from qkt_flower.models.cnn import SmallCNN
 from qkt_flower.qkt.calibrate import (
     CalibrationSpec,
@@ -16,7 +17,16 @@ from qkt_flower.qkt.calibrate import (
     split_holdout,
 )
 from qkt_flower.qkt.engine import OptimSpec
-from qkt_flower.qkt.phases import Expert, PhaseSpec, QKTSpec, QueryTask, consistent_pairs, query_learning
+from qkt_flower.qkt.phases import (
+    Expert,
+    PhaseSpec,
+    QKTSpec,
+    QueryDistillation,
+    QueryTask,
+    consistent_pairs,
+    query_learning,
+    shot_trust,
+)
 from qkt_flower.qkt.synthesis import SynthesisSpec, invert, invert_experts
 
 
@@ -78,6 +88,33 @@ def test_consistent_pairs_drop_a_teachers_wrong_answers():
     logits = torch.tensor([[[3.0, 0.0, 1.0], [0.0, 0.0, 2.0], [0.0, 1.0, 0.0]]])  # one expert, three samples
     labels = torch.tensor([0, 1, 1])
     assert consistent_pairs(logits, labels).tolist() == [[True, False, True]]  # it calls sample 1 the query class
+
+
+def test_shot_trust_weighs_experts_by_their_belief_in_the_query_shots():
+    labels = torch.tensor([2, 2, 0, 1])  # two shots of query class 2, two local images
+    believer = torch.tensor([[9.0, 0.0, 9.0], [0.0, 0.0, 9.0], [9.0, 0.0, 0.0], [0.0, 9.0, 0.0]])
+    doubter = torch.tensor([[0.0, 0.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 9.0], [0.0, 9.0, 0.0]])
+    logits = torch.stack([believer, doubter])
+    experts = [Expert(nn.Identity(), (2,), (0, 2)), Expert(nn.Identity(), (2,), (0, 2))]
+    trust = shot_trust(experts, logits, labels)
+    assert trust[0] == pytest.approx((0.5 + 1.0) / 2, abs=1e-3)  # p(2|x) = 0.5 and ~1 on its two shots
+    assert trust[1] == pytest.approx((1 / 3 + 0.0) / 2, abs=1e-3)  # uniform on one shot, "class 0" on the other
+    no_shots = shot_trust(experts, logits, torch.tensor([0, 0, 0, 1]))
+    assert no_shots.tolist() == [1.0, 1.0]  # nothing to judge by: uniform
+
+    # in the loss: the doubter's term on the same sample weighs trust[1] / trust[0] as much as the believer's
+    phase = PhaseSpec(epochs=1, batch_size=4, optim=OptimSpec())
+    kd = QueryDistillation(experts, logits, 3, QKTSpec("two-phase", phase, phase, weighting="shots"), labels)
+    plain = QueryDistillation(experts, logits, 3, QKTSpec("two-phase", phase, phase), labels)
+    batch = Batch(torch.zeros(1), torch.tensor([0]), torch.tensor([2]))  # local image 2, class 0 (both gates open)
+    student = torch.zeros(1, 3)
+    from qkt_flower.qkt.losses import collapsed_kd
+
+    terms = [float(collapsed_kd(student, logits[k, [2]], torch.tensor([2]), 2.0, False)) for k in range(2)]
+    w = (trust / trust.sum()).tolist()
+    assert float(kd(student, batch)) == pytest.approx(w[0] * terms[0] + w[1] * terms[1], rel=1e-4)
+    assert float(plain(student, batch)) == pytest.approx((terms[0] + terms[1]) / 2, rel=1e-4)
+    assert float(kd(student, batch)) != pytest.approx(float(plain(student, batch)), rel=1e-3)
 
 
 def test_calibrated_query_learning_reports_its_shift_and_the_control_matches_its_holdout():
