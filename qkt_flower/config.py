@@ -162,6 +162,7 @@ class StrategyConfig:
     control: bool
     synthesis: SynthesisConfig
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    augment_shots: int = 0
 
 
 @dataclass
@@ -326,6 +327,7 @@ def validate(cfg: ExperimentConfig) -> None:
     limit = s.calibration.max_false_query
     _check(limit is None or 0 <= limit < 1, "strategy.calibration.max_false_query", limit, "null or a float in [0, 1)")
     _check(0 <= s.calibration.holdout < 1, "strategy.calibration.holdout", s.calibration.holdout, "a float in [0, 1)")
+    _check(s.augment_shots >= 0, "strategy.augment_shots", s.augment_shots, "an integer >= 0")
     _check(s.synthesis.per_class >= 0, "strategy.synthesis.per_class", s.synthesis.per_class, "an integer >= 0")
     _check(s.synthesis.steps >= 1, "strategy.synthesis.steps", s.synthesis.steps, "an integer >= 1")
     _check(s.synthesis.lr > 0, "strategy.synthesis.lr", s.synthesis.lr, "a float > 0")
@@ -435,4 +437,5 @@ def qkt_spec(s: StrategyConfig):
         weighting=s.kd.weighting,
         calibration=CalibrationSpec(s.calibration.max_false_query, s.calibration.holdout),
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
+        augment_shots=s.augment_shots,
     )

@@ -183,7 +183,7 @@ def control_model(cfg: ExperimentConfig, fed: Federation, local_model: nn.Module
     """The class-balanced CE control on the phase-1 budget (no teacher)."""
     spec = qkt_spec(cfg.strategy)
     return balanced_finetune(
-        local_model, query_task(fed), spec.phase1, cfg.seed, device, cfg.progress, spec.calibration
+        local_model, query_task(fed), spec.phase1, cfg.seed, device, cfg.progress, spec.calibration, spec.augment_shots
     )
 
 

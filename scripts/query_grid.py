@@ -43,6 +43,8 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, consistent KD": ["strategy.kd.consistent=true"],
     "QKT, shot-weighted experts": ["strategy.kd.weighting=shots"],
     "QKT, shot-weighted, no calibration": ["strategy.kd.weighting=shots", CAL + "max_false_query=null"],
+    "QKT, 20 augmented copies per shot": ["strategy.augment_shots=20"],
+    "QKT, augmented shots, no calibration": ["strategy.augment_shots=20", CAL + "max_false_query=null"],
     "QKT, balance every present class": [
         "strategy.phase1.balance_over=present",
         "strategy.phase2.balance_over=present",
@@ -51,6 +53,8 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, joint phase": ["strategy.mode=joint"],
     "balanced-CE control (calibrated)": [],
     "balanced-CE control (no calibration)": [CAL + "max_false_query=null"],
+    "balanced-CE control, augmented shots": ["strategy.augment_shots=20"],
+    "balanced-CE control, augmented shots, no calibration": ["strategy.augment_shots=20", CAL + "max_false_query=null"],
 }
 ONE_ROUND = {"ensemble": "ensemble (all models)", "vanilla_kd": "vanilla KD", "feddf": "FedDF fusion"}
 ACC = ("query_acc", "local_acc", "overall_acc", "mean_acc")
@@ -75,6 +79,8 @@ def baseline_rows(cfg, fed, models, row, b: Baselines, device) -> list[dict]:
     """
     shaping = [wf.local_model_key(cfg), asdict(cfg.strategy.phase1), asdict(cfg.strategy.calibration),
                cfg.strategy.kd.temperature, asdict(cfg.baselines), list(b.federated), b.rounds]  # fmt: skip
+    if cfg.strategy.augment_shots:  # the fine-tuned baselines use the control's recipe, augmentation included
+        shaping.append(cfg.strategy.augment_shots)
     key = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cached = b.cache / f"baselines-{key}.json" if b.cache is not None else None
     if cached is not None and cached.exists():

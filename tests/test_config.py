@@ -26,6 +26,8 @@ from qkt_flower.errors import ConfigError
         ("strategy.calibration.holdout=-0.1", "strategy.calibration.holdout"),
         ("strategy.phase1.balance_over=all", "strategy.phase1.balance_over"),
         ("strategy.synthesis.per_class=-1", "strategy.synthesis.per_class"),
+        ("strategy.augment_shots=-2", "strategy.augment_shots"),
+        ("strategy.kd.weighting=loudest", "strategy.kd.weighting"),
     ],
 )
 def test_bad_values_raise_config_error(override, key):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qkt_flower.data.augment import augmented_copies
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import Batch, Batches, image_batches
 from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, split_holdout
@@ -80,6 +81,7 @@ class QKTSpec:
     weighting: str = "uniform"
     calibration: CalibrationSpec = CalibrationSpec()
     synthesis: SynthesisSpec = SynthesisSpec()
+    augment_shots: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ def concat(a: ImageDataset, b: ImageDataset) -> ImageDataset:
     return ImageDataset(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), a.classes, a.mean, a.std)
 
 
+def with_augmented_shots(data: ImageDataset, query_classes, copies: int, seed: int) -> ImageDataset:
+    """``data`` plus ``copies`` augmented versions of each query shot (none when ``copies`` is 0)."""
+    if copies <= 0:
+        return data
+    return concat(data, augmented_copies(data, tuple(query_classes), copies, seed))
+
+
 def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, seed: int, device):
     """``(task for the phases, held-out local images or None, info)``.
 
@@ -108,6 +117,7 @@ def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, 
     """
     info: dict[str, float] = {}
     data, held = split_holdout(task.data, task.local_classes, spec.calibration.holdout, seed)
+    data = with_augmented_shots(data, task.query_classes, spec.augment_shots, seed)
     if spec.synthesis.per_class > 0 and experts:
         start = time.perf_counter()
         synthetic = invert_experts([(e.model, e.query_classes) for e in experts], data, spec.synthesis, seed, device)
@@ -387,6 +397,7 @@ def balanced_finetune(
     device="cpu",
     progress=False,
     calibration: CalibrationSpec | None = None,
+    augment_shots: int = 0,
 ):
     """Control: class-balanced CE fine-tuning on ``q``'s own data, no teacher.
 
@@ -396,7 +407,7 @@ def balanced_finetune(
     """
     calibration = calibration or CalibrationSpec()
     data, held = split_holdout(task.data, task.local_classes, calibration.holdout, seed)
-    task = task.with_data(data)
+    task = task.with_data(with_augmented_shots(data, task.query_classes, augment_shots, seed))
     student = copy.deepcopy(local_model).to(device)
     fit(
         student,

@@ -1,0 +1,33 @@
+"""Augmented query shots: seeded, label-preserving, only the asked classes, really different images."""
+
+import torch
+
+from qkt_flower.data.augment import augmented_copies
+from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.qkt.phases import with_augmented_shots
+
+
+def _data() -> ImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 1, 16, 16), generator=g, dtype=torch.uint8)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 0, 1])
+    return ImageDataset(images, labels, ("a", "b", "c"), (0.5,), (0.25,))
+
+
+def test_copies_of_the_query_rows_only_seeded_and_changed():
+    data = _data()
+    a = augmented_copies(data, (2,), copies=4, seed=3)
+    assert len(a) == 8 and a.labels.tolist() == [2] * 8 and a.images.dtype == torch.uint8
+    assert torch.equal(a.images, augmented_copies(data, (2,), copies=4, seed=3).images)  # same seed, same copies
+    assert not torch.equal(a.images, augmented_copies(data, (2,), copies=4, seed=4).images)
+    originals = data.images[data.labels == 2]
+    assert not any(torch.equal(img, originals[i % 2]) for i, img in enumerate(a.images))  # not plain duplicates
+
+
+def test_transfer_set_grows_by_the_copies_and_keeps_its_rows_first():
+    data = _data()
+    grown = with_augmented_shots(data, (2,), 5, seed=0)
+    assert len(grown) == len(data) + 10
+    assert torch.equal(grown.images[: len(data)], data.images)  # cached logits index the original rows unchanged
+    assert with_augmented_shots(data, (2,), 0, seed=0) is data
+    assert len(augmented_copies(data, (7,), copies=3, seed=0)) == 0  # no shot of the class: nothing added
