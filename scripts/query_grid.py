@@ -69,6 +69,35 @@ class Baselines:
     cache: Path | None = None
 
 
+def _key(parts: list) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def global_models(cfg, fed, name: str, b: Baselines, device) -> dict:
+    """FedAvg / FedProx global models after 1 and ``b.rounds`` rounds, cached as state dicts.
+
+    They depend on the data, partition, query cut, model, seed and round budget only, so a new
+    fine-tuning recipe (e.g. augmented shots in the control) re-uses them instead of re-training.
+    """
+    mu = cfg.baselines.fedprox_mu if name == "fedprox" else 0.0
+    key = _key([wf.local_model_key(cfg), name, mu, cfg.baselines.epochs_per_round, b.rounds])
+    path = b.cache / f"{name}-{key}.pt" if b.cache is not None else None
+    if path is not None and path.exists():
+        states = torch.load(path, map_location="cpu")
+    else:
+        trained = wf.federated_baseline(cfg, fed, mu, b.rounds, {1, b.rounds}, device)
+        states = {r: {k: v.cpu() for k, v in m.state_dict().items()} for r, m in trained.items()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(states, path)
+    models = {}
+    for rounds, state in sorted(states.items()):
+        model = wf.initial_global_model(cfg, fed.train.input_shape, fed.train.num_classes)
+        model.load_state_dict(state)
+        models[rounds] = model.to(device).eval()
+    return models
+
+
 def baseline_rows(cfg, fed, models, row, b: Baselines, device) -> list[dict]:
     """The non-QKT methods of one cell: one-round baselines, then federated ones ± fine-tuning.
 
@@ -81,7 +110,7 @@ def baseline_rows(cfg, fed, models, row, b: Baselines, device) -> list[dict]:
                cfg.strategy.kd.temperature, asdict(cfg.baselines), list(b.federated), b.rounds]  # fmt: skip
     if cfg.strategy.augment_shots:  # the fine-tuned baselines use the control's recipe, augmentation included
         shaping.append(cfg.strategy.augment_shots)
-    key = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = _key(shaping)
     cached = b.cache / f"baselines-{key}.json" if b.cache is not None else None
     if cached is not None and cached.exists():
         return json.loads(cached.read_text())
@@ -91,9 +120,8 @@ def baseline_rows(cfg, fed, models, row, b: Baselines, device) -> list[dict]:
     rows = [row(label, wf.one_round_baseline(cfg, fed, key_, models[s.client], teachers, sizes, device))
             for key_, label in ONE_ROUND.items()]  # fmt: skip
     for name in b.federated:
-        mu = cfg.baselines.fedprox_mu if name == "fedprox" else 0.0
         label = {"fedavg": "FedAvg", "fedprox": "FedProx"}[name]
-        for rounds, model in wf.federated_baseline(cfg, fed, mu, b.rounds, {1, b.rounds}, device).items():
+        for rounds, model in global_models(cfg, fed, name, b, device).items():
             rows.append(row(f"{label} ({rounds} rd)", model))
             rows.append(row(f"{label} ({rounds} rd) + FT", wf.control_model(cfg, fed, model, device)))
     if cached is not None:
