@@ -149,6 +149,16 @@ class SynthesisConfig:
 
 
 @dataclass
+class MixConfig:
+    """Expert-labelled mixes of query shots and local images in phase 1 (see ``qkt/mixing.py``); weight 0 = off."""
+
+    weight: float = 0.0
+    low: float = 0.3
+    high: float = 0.7
+    batch_size: int = 64
+
+
+@dataclass
 class StrategyConfig:
     """The QKT strategy."""
 
@@ -163,6 +173,7 @@ class StrategyConfig:
     synthesis: SynthesisConfig
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     augment_shots: int = 0
+    mix: MixConfig = field(default_factory=MixConfig)
 
 
 @dataclass
@@ -327,6 +338,9 @@ def validate(cfg: ExperimentConfig) -> None:
     limit = s.calibration.max_false_query
     _check(limit is None or 0 <= limit < 1, "strategy.calibration.max_false_query", limit, "null or a float in [0, 1)")
     _check(0 <= s.calibration.holdout < 1, "strategy.calibration.holdout", s.calibration.holdout, "a float in [0, 1)")
+    _check(s.mix.weight >= 0, "strategy.mix.weight", s.mix.weight, "a float >= 0")
+    _check(0 <= s.mix.low <= s.mix.high <= 1, "strategy.mix.low/high", (s.mix.low, s.mix.high), "0 <= low <= high <= 1")
+    _check(s.mix.batch_size >= 1, "strategy.mix.batch_size", s.mix.batch_size, "an integer >= 1")
     _check(s.augment_shots >= 0, "strategy.augment_shots", s.augment_shots, "an integer >= 0")
     _check(s.synthesis.per_class >= 0, "strategy.synthesis.per_class", s.synthesis.per_class, "an integer >= 0")
     _check(s.synthesis.steps >= 1, "strategy.synthesis.steps", s.synthesis.steps, "an integer >= 1")
@@ -419,6 +433,7 @@ def optim_spec(t: TrainConfig):
 def qkt_spec(s: StrategyConfig):
     """The algorithm's :class:`~qkt_flower.qkt.phases.QKTSpec` for the strategy config."""
     from qkt_flower.qkt.calibrate import CalibrationSpec
+    from qkt_flower.qkt.mixing import MixSpec
     from qkt_flower.qkt.phases import PhaseSpec, QKTSpec
     from qkt_flower.qkt.synthesis import SynthesisSpec
 
@@ -438,4 +453,5 @@ def qkt_spec(s: StrategyConfig):
         calibration=CalibrationSpec(s.calibration.max_false_query, s.calibration.holdout),
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
         augment_shots=s.augment_shots,
+        mix=MixSpec(**asdict(s.mix)),
     )

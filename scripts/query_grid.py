@@ -47,6 +47,13 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, augmented shots, no calibration": ["strategy.augment_shots=20", CAL + "max_false_query=null"],
     "QKT, augmented + shot-weighted": ["strategy.augment_shots=20", "strategy.kd.weighting=shots"],
     "QKT, augmented + consistent KD": ["strategy.augment_shots=20", "strategy.kd.consistent=true"],
+    "QKT, expert-labelled mixes": ["strategy.mix.weight=1.0"],
+    "QKT, expert-labelled mixes, no calibration": ["strategy.mix.weight=1.0", CAL + "max_false_query=null"],
+    "QKT, augmented + consistent + mixes": [
+        "strategy.augment_shots=20",
+        "strategy.kd.consistent=true",
+        "strategy.mix.weight=1.0",
+    ],
     "QKT, balance every present class": [
         "strategy.phase1.balance_over=present",
         "strategy.phase2.balance_over=present",

@@ -30,6 +30,7 @@ from qkt_flower.data.loaders import Batch, Batches, image_batches
 from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, split_holdout
 from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
 from qkt_flower.qkt.losses import collapsed_kd, cross_entropy, weighted_mean
+from qkt_flower.qkt.mixing import MixDistillation, MixSpec
 from qkt_flower.qkt.synthesis import SynthesisSpec, invert_experts
 
 MODES = ("two-phase", "phase1", "light", "joint")
@@ -82,6 +83,7 @@ class QKTSpec:
     calibration: CalibrationSpec = CalibrationSpec()
     synthesis: SynthesisSpec = SynthesisSpec()
     augment_shots: int = 0
+    mix: MixSpec = MixSpec()
 
 
 @dataclass(frozen=True)
@@ -251,8 +253,14 @@ class KeepDistillation:
         return weighted_mean(kd, (~torch.isin(batch.y, self.query)).float())
 
 
-def _step(query: QueryDistillation | None, beta: float, keep: KeepDistillation | None, gamma: float):
-    """Build a loss step ``CE + beta·L_query (+ gamma·L_keep)`` for the model ``fit`` trains."""
+def _step(
+    query: QueryDistillation | None,
+    beta: float,
+    keep: KeepDistillation | None,
+    gamma: float,
+    mix: MixDistillation | None = None,
+):
+    """Build a loss step ``CE + beta·L_query (+ gamma·L_keep) (+ β_mix·L_mix)`` for the model ``fit`` trains."""
 
     def step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         logits = model(batch.x)
@@ -261,6 +269,8 @@ def _step(query: QueryDistillation | None, beta: float, keep: KeepDistillation |
             losses["query"] = beta * query(logits, batch)
         if keep is not None and gamma > 0:
             losses["keep"] = gamma * keep(logits, batch)
+        if mix is not None and mix.active:
+            losses["mix"] = mix.spec.weight * mix(model)
         return losses
 
     return step
@@ -289,10 +299,18 @@ def _features(model: nn.Module, data: ImageDataset, device) -> torch.Tensor:
     return torch.cat([model.features(b.x).float() for b in image_batches(data, 512, device=device)])
 
 
+def _mixing(experts, task: QueryTask, spec: QKTSpec, seed: int, device) -> MixDistillation | None:
+    """``L_mix`` for phase 1 / joint when ``spec.mix.weight > 0`` (see ``qkt/mixing.py``)."""
+    if spec.mix.weight <= 0:
+        return None
+    return MixDistillation(experts, task.data, task.query_classes, task.local_classes, spec.mix, spec.temperature,
+                           seed, device)  # fmt: skip
+
+
 def phase1(student, task, experts, logits, spec: QKTSpec, seed, device, progress=False):
     """Query-focused distillation: whole network, ``CE + β₁·L_query``, class-balanced batches."""
     query = QueryDistillation(experts, logits, task.data.num_classes, spec, task.data.labels)
-    step = _step(query, spec.phase1.beta, None, 0.0)
+    step = _step(query, spec.phase1.beta, None, 0.0, _mixing(experts, task, spec, seed, device))
     return fit(
         student,
         phase_batches(task, spec.phase1, seed, device),
@@ -322,7 +340,7 @@ def joint(student, original_logits, task, experts, logits, spec: QKTSpec, seed, 
     """Ablation: one phase on the whole network with ``CE + β₁·L_query + γ·L_keep`` (phase-2 γ)."""
     query = QueryDistillation(experts, logits, task.data.num_classes, spec, task.data.labels)
     keep = KeepDistillation(original_logits, task, spec)
-    step = _step(query, spec.phase1.beta, keep, spec.phase2.gamma)
+    step = _step(query, spec.phase1.beta, keep, spec.phase2.gamma, _mixing(experts, task, spec, seed, device))
     epochs = spec.phase1.epochs + spec.phase2.epochs
     return fit(
         student,

@@ -163,3 +163,48 @@ def test_task_balancing_does_not_up_weight_a_clients_minority_classes():
     assert share(every, 3) == pytest.approx(0.25)  # balancing every present class: 3 images drawn like a local class
     assert share(task, 0) == pytest.approx(share(task, 1)) == pytest.approx(share(task, 2))
     assert share(task, 3) == pytest.approx(3 / 60 * share(task, 0))  # weighed like images of the largest class
+
+
+def test_expert_labelled_mixes_are_blends_gated_by_the_local_class():
+    from qkt_flower.data.loaders import normalizer
+    from qkt_flower.qkt.mixing import MixDistillation, MixSpec
+
+    torch.manual_seed(0)
+    data = _data()  # classes 0, 1 local (40 each), 2 the query (5 shots)
+    expert = SmallCNN(1, 3, image_size=8)
+    spec = MixSpec(weight=1.0, low=0.3, high=0.7, batch_size=32)
+    knows_0 = MixDistillation([Expert(expert, (2,), (0, 2))], data, (2,), (0, 1), spec, 2.0, seed=0, device="cpu")
+    x, local_labels = knows_0.batch()
+    again, _ = MixDistillation([Expert(expert, (2,), (0, 2))], data, (2,), (0, 1), spec, 2.0, 0, "cpu").batch()
+    assert torch.equal(x, again)  # seeded
+    assert set(local_labels.tolist()) <= {0, 1}
+    norm = normalizer(data)(data.images)
+    lo, hi = norm.amin(), norm.amax()
+    assert x.shape == (32, 1, 8, 8) and bool((x >= lo - 1e-5).all() and (x <= hi + 1e-5).all())  # convex blends
+    assert not any(torch.allclose(xi, ni) for xi in x[:4] for ni in norm)  # blends, not copies of real images
+
+    student = SmallCNN(1, 3, image_size=8)
+    loss = knows_0(student)
+    assert loss.item() > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    # an expert that knows neither local class may not label a blend with one: the term vanishes
+    blind = MixDistillation([Expert(expert, (2,), (2,))], data, (2,), (0, 1), spec, 2.0, seed=0, device="cpu")
+    assert blind(SmallCNN(1, 3, image_size=8)).item() == 0.0
+    assert not MixDistillation([], data, (2,), (0, 1), spec, 2.0, 0, "cpu").active  # no expert: nothing to do
+
+
+def test_query_learning_with_mixes_runs_and_differs():
+    torch.manual_seed(0)
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
+    task = QueryTask(_data(), (2,), (0, 1))
+    experts = [Expert(teacher, (2,), (0, 1, 2))]
+    from qkt_flower.qkt.mixing import MixSpec
+
+    plain, _ = query_learning(local, task, experts, QKTSpec("two-phase", phase, phase), seed=0)
+    mixed, info = query_learning(local, task, experts, QKTSpec("two-phase", phase, phase, mix=MixSpec(1.0)), seed=0)
+    assert "mix" in info["history"]["phase1"][0]
+    with torch.no_grad():
+        diff = sum((a - b).abs().sum() for a, b in zip(plain.parameters(), mixed.parameters(), strict=True))
+    assert float(diff) > 0
