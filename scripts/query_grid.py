@@ -73,6 +73,7 @@ GRID = [  # what the default grid runs (every name of VARIANTS can be asked for 
     "QKT, 20 augmented copies per shot",
     "QKT, augmented + consistent KD",
     "QKT, augmented shots, no calibration",
+    "QKT, expert-labelled mixes",
     "QKT Light",
     "QKT, joint phase",
     "balanced-CE control (calibrated)",
