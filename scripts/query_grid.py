@@ -7,11 +7,21 @@ shirt 6): a query class is cut to ``query.shots`` images at the querying client,
 include the look-alikes — the hard case of ``shared/QKT.md``.
 
     python scripts/query_grid.py                                   # pathological + Dirichlet, 3 seeds, 4 queries
-    python scripts/query_grid.py --queries "[0,2,4]" "[2,4,6]" --partitions pathological
+    python scripts/query_grid.py --queries "[0,2,4]" "[2,4,6]" "[0,4,6]"   # 3-class queries
     python scripts/query_grid.py --extra query.shots=0             # the 0-shot stress test
+    python scripts/query_grid.py --variants "QKT (default)" --federated fedavg fedprox --rounds 20
+
+Methods: the QKT variants and balanced-CE controls of ``GRID`` (any of ``VARIANTS`` with ``--variants``),
+then the baselines — ensemble, vanilla KD and FedDF from every teacher, FedAvg (and FedProx with
+``--federated``) after 1 and ``--rounds`` rounds, each also fine-tuned on the querying client with
+the control's recipe. Baseline rows and federated global models are cached per cell under
+``--out/cache``: a new QKT variant re-uses them.
 
 Prints mean ± std of query, local, Δlocal (vs the local model), overall and mean(query, local) per
-method and writes ``grid.json`` / ``grid.csv`` under ``--out`` (default ``outputs/query_grid``).
+method, and under each table a claim check of the ``--check`` rows (best mean(q,l) of all methods;
+local accuracy within 2 points; query accuracy ≥ 20 points — 14 for 3-class queries — above every
+non-QKT method that keeps local accuracy within 2 points), and writes ``grid.md`` / ``grid.json`` /
+``grid.csv`` under ``--out`` (default ``outputs/query_grid``).
 """
 
 from __future__ import annotations
