@@ -232,6 +232,7 @@ class ExperimentConfig:
     progress: bool
     checkpoint_dir: str | None
     resume: bool
+    partition_cache: str | None = None
 
 
 def to_config(cfg: DictConfig | dict) -> ExperimentConfig:

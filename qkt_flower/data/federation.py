@@ -13,7 +13,7 @@ import torch
 
 from qkt_flower.config import ExperimentConfig, validate_label_space
 from qkt_flower.data.datasets import ImageDataset, load_dataset
-from qkt_flower.data.partition import partition_indices
+from qkt_flower.data.partition import cached_partition_indices
 from qkt_flower.data.query import QueryScenario, make_query_scenario, view_indices
 
 
@@ -69,11 +69,12 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     test = cap_per_class(test, d.test_per_class, seed=cfg.seed)
     validate_label_space(cfg, train.num_classes, num_train=len(train))
     p = cfg.partition
-    partitions = partition_indices(
+    partitions = cached_partition_indices(
         train.labels,
         p.kind,
         p.num_clients,
         cfg.seed,
+        cfg.partition_cache,
         alpha=p.alpha,
         classes_per_client=p.classes_per_client,
         assignment=p.assignment,

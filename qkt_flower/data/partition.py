@@ -1,12 +1,20 @@
 """Non-IID partitioning of a training split across clients, with flwr-datasets partitioners.
 
 Only the labels are handed to the partitioner (an in-memory ``datasets.Dataset`` of ``label`` and
-row ``idx``), so partitioning 60k images costs milliseconds and needs no Hugging Face Hub access.
+row ``idx``), so it needs no Hugging Face Hub access. It is still slow — ~1 s per client on 60k labels,
+most of it ``datasets`` hashing its arguments for fingerprints — and every process that builds the
+federation (each Ray actor, each SuperNode, each grid cell) needs the same split: :func:`cached_partition_indices`
+keeps it in memory and on disk, keyed by the labels and every argument.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -81,6 +89,51 @@ def partition_indices(
     except ValueError as err:  # e.g. Dirichlet cannot reach min_partition_size
         raise ConfigError("partition", kind, f"flwr-datasets could not build it: {err}") from err
     return parts
+
+
+log = logging.getLogger(__name__)
+_MEMO: dict[str, list[torch.Tensor]] = {}
+
+
+def partition_key(labels: torch.Tensor, kind: str, num_clients: int, seed: int, **options) -> str:
+    """Hash of everything that determines the split, flwr-datasets' version included."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(labels.to(torch.int64).contiguous().numpy().tobytes())
+    h.update(json.dumps([kind, num_clients, seed, options, version("flwr-datasets")], sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def cached_partition_indices(
+    labels: torch.Tensor, kind: str, num_clients: int, seed: int, cache_dir: str | Path | None = None, **options
+) -> list[torch.Tensor]:
+    """:func:`partition_indices`, memoised in this process and (with ``cache_dir``) in ``cache_dir/<key>.pt``.
+
+    The file is written atomically (temp file + rename), so parallel actors never read half a file;
+    a cache that cannot be written is skipped with a warning (the split is recomputed next time).
+    """
+    key = partition_key(labels, kind, num_clients, seed, **options)
+    if key in _MEMO:
+        return [t.clone() for t in _MEMO[key]]
+    path = Path(cache_dir).expanduser() / f"{key}.pt" if cache_dir else None
+    parts = None
+    if path is not None and path.exists():
+        try:
+            parts = torch.load(path, weights_only=True)
+        except Exception as err:  # a corrupt file: recompute and overwrite
+            log.warning("partition cache %s unreadable (%s); recomputing", path, err)
+    if parts is None:
+        parts = partition_indices(labels, kind, num_clients, seed, **options)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+                    torch.save(parts, tmp.name)
+                os.replace(tmp.name, path)
+            except OSError as err:
+                log.warning("partition cache %s not written (%s)", path, err)
+    _MEMO[key] = parts
+    return [t.clone() for t in parts]
 
 
 def class_profile(labels: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-NOT_RESULT_KEYS = ("resume", "progress", "device", "checkpoint_dir")
+NOT_RESULT_KEYS = ("resume", "progress", "device", "checkpoint_dir", "partition_cache")
 
 
 def config_hash(cfg_yaml: str) -> str:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from qkt_flower.data.partition import class_profile, partition_indices
+from qkt_flower.data import partition as partition_module
+from qkt_flower.data.partition import cached_partition_indices, class_profile, partition_indices
 from qkt_flower.data.query import make_query_scenario
 from qkt_flower.errors import ConfigError
 
@@ -77,3 +78,34 @@ def test_bad_query_raises_config_error(kwargs, key):
     with pytest.raises(ConfigError) as err:
         make_query_scenario(LABELS, parts, 10, **args)
     assert err.value.key == key
+
+
+def test_partition_cache_returns_the_same_split_from_memory_and_disk(tmp_path, monkeypatch, caplog):
+    labels = torch.arange(600) % 10
+    options = {"alpha": 0.3, "min_partition_size": 10}
+    fresh = partition_indices(labels, "dirichlet", 5, 3, **options)
+    monkeypatch.setattr(partition_module, "_MEMO", {})
+    first = cached_partition_indices(labels, "dirichlet", 5, 3, tmp_path, **options)
+    files = list(tmp_path.glob("*.pt"))
+    assert len(files) == 1 and all(torch.equal(a, b) for a, b in zip(fresh, first, strict=True))
+    first[0][0] = -1  # callers may modify what they get: the cache keeps its own copy
+    monkeypatch.setattr(partition_module, "_MEMO", {})  # a new process: read from disk
+    from_disk = cached_partition_indices(labels, "dirichlet", 5, 3, tmp_path, **options)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, from_disk, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(fresh, cached_partition_indices(labels, "dirichlet", 5, 3, tmp_path,
+                                                                                  **options), strict=True))  # fmt: skip
+    # another seed, client count or label vector is another entry
+    cached_partition_indices(labels, "dirichlet", 5, 4, tmp_path, **options)
+    cached_partition_indices(labels.flip(0), "dirichlet", 5, 3, tmp_path, **options)
+    assert len(list(tmp_path.glob("*.pt"))) == 3
+    # a corrupt file is recomputed and replaced; an unwritable folder only warns
+    files[0].write_bytes(b"not a tensor file")
+    monkeypatch.setattr(partition_module, "_MEMO", {})
+    assert all(torch.equal(a, b) for a, b in zip(fresh, cached_partition_indices(labels, "dirichlet", 5, 3, tmp_path,
+                                                                                  **options), strict=True))  # fmt: skip
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setattr(partition_module, "_MEMO", {})
+    parts = cached_partition_indices(labels, "dirichlet", 5, 3, blocked / "sub", **options)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, parts, strict=True))
+    assert "not written" in caplog.text
