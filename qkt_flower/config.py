@@ -233,6 +233,7 @@ class ExperimentConfig:
     checkpoint_dir: str | None
     resume: bool
     partition_cache: str | None = None
+    amp: str = "auto"
 
 
 def to_config(cfg: DictConfig | dict) -> ExperimentConfig:
@@ -310,6 +311,7 @@ def validate(cfg: ExperimentConfig) -> None:
         cfg.device,
         "auto, cpu, cuda, cuda:N or mps",
     )
+    _check(str(cfg.amp).lower() in ("auto", "true", "false"), "amp", cfg.amp, "auto, true or false")
     _check(not cfg.resume or bool(cfg.checkpoint_dir), "resume", cfg.resume,
            "false unless checkpoint_dir is set (that is where the finished steps are)")  # fmt: skip
     _check_train("local", cfg.local)

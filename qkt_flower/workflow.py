@@ -22,6 +22,7 @@ from torch import nn
 from qkt_flower.config import ExperimentConfig, optim_spec, qkt_spec
 from qkt_flower.data.federation import Federation
 from qkt_flower.models import build_model
+from qkt_flower.qkt.engine import mixed_precision
 from qkt_flower.qkt.local import train_local
 from qkt_flower.qkt.mask import ExpertSelection, expert_mask, select_experts
 from qkt_flower.qkt.phases import Expert, QueryTask, balanced_finetune, query_learning
@@ -33,6 +34,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def precision(cfg: ExperimentConfig, device: torch.device):
+    """The training precision of ``cfg.amp`` on ``device``: bfloat16 autocast or full precision.
+
+    ``auto`` = bfloat16 on a CUDA device that supports it (tensor cores, half the activation memory),
+    full precision on CPU (bfloat16 matmuls are slower than float32 on most CPUs); ``true`` forces it.
+    """
+    mode = str(cfg.amp).lower()  # YAML reads a bare true/false as a bool; the schema field is a string
+    on = mode == "true" or (mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return mixed_precision(torch.bfloat16 if on else None)
 
 
 @contextmanager
@@ -78,17 +90,18 @@ def train_client(cfg: ExperimentConfig, fed: Federation, client: int, device: to
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
         return model.to(device).eval()
     local = cfg.local
-    train_local(
-        model,
-        data,
-        local.epochs,
-        local.batch_size,
-        optim_spec(local),
-        client_seed(cfg.seed, client),
-        device=device,
-        progress=cfg.progress,
-        desc=f"client {client}",
-    )
+    with precision(cfg, torch.device(device)):
+        train_local(
+            model,
+            data,
+            local.epochs,
+            local.batch_size,
+            optim_spec(local),
+            client_seed(cfg.seed, client),
+            device=device,
+            progress=cfg.progress,
+            desc=f"client {client}",
+        )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
@@ -176,15 +189,18 @@ def learn_query(
 ):
     """Phases 1/2 (per ``strategy.mode``) on the querying client; returns ``(model, info)``."""
     spec = qkt_spec(cfg.strategy)
-    return query_learning(local_model, query_task(fed), experts, spec, cfg.seed, device, cfg.progress, on_phase_end)
+    with precision(cfg, torch.device(device)):
+        return query_learning(local_model, query_task(fed), experts, spec, cfg.seed, device, cfg.progress, on_phase_end)
 
 
 def control_model(cfg: ExperimentConfig, fed: Federation, local_model: nn.Module, device) -> nn.Module:
     """The class-balanced CE control on the phase-1 budget (no teacher)."""
     spec = qkt_spec(cfg.strategy)
-    return balanced_finetune(
-        local_model, query_task(fed), spec.phase1, cfg.seed, device, cfg.progress, spec.calibration, spec.augment_shots
-    )
+    with precision(cfg, torch.device(device)):
+        return balanced_finetune(
+            local_model, query_task(fed), spec.phase1, cfg.seed, device, cfg.progress, spec.calibration,
+            spec.augment_shots,
+        )  # fmt: skip
 
 
 def one_round_baseline(
@@ -210,9 +226,10 @@ def one_round_baseline(
     if name == "ensemble":  # every client's model, the querying client's own included
         return LogitEnsemble([local_model.to(device).eval(), *members]).eval()
     if name == "vanilla_kd":
-        return vanilla_kd(
-            local_model, query_task(fed), members, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
-        )
+        with precision(cfg, torch.device(device)):
+            return vanilla_kd(
+                local_model, query_task(fed), members, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
+            )
     if name == "feddf":
         everyone = {**teachers, fed.scenario.client: local_model}
         ids = sorted(everyone)
@@ -220,9 +237,10 @@ def one_round_baseline(
         start = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=cfg.seed)
         start.load_state_dict(average)
         ensemble = [everyone[k].to(device).eval() for k in ids]
-        return ensemble_distillation(
-            start, query_task(fed), ensemble, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
-        )
+        with precision(cfg, torch.device(device)):
+            return ensemble_distillation(
+                start, query_task(fed), ensemble, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
+            )
     raise ValueError(f"unknown one-round baseline {name!r}")
 
 
@@ -234,8 +252,9 @@ def federated_round(
 
     b = cfg.baselines
     seed = client_seed(cfg.seed, client) + 7_919 * server_round  # a fresh batch order every round
-    train_round(model, fed.client_data(client), b.epochs_per_round, cfg.local.batch_size, optim_spec(cfg.local),
-                seed, mu, device)  # fmt: skip
+    with precision(cfg, torch.device(device)):
+        train_round(model, fed.client_data(client), b.epochs_per_round, cfg.local.batch_size, optim_spec(cfg.local),
+                    seed, mu, device)  # fmt: skip
     return model.eval()
 
 

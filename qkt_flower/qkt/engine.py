@@ -7,7 +7,9 @@ phase 1, phase 2, QKT Light and the baselines all run through :func:`fit`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,30 @@ from tqdm.auto import tqdm
 from qkt_flower.data.loaders import Batch
 
 StepFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+
+_AMP_DTYPE: ContextVar[torch.dtype | None] = ContextVar("qkt_amp_dtype", default=None)
+
+
+@contextmanager
+def mixed_precision(dtype: torch.dtype | None) -> Iterator[None]:
+    """Within this block :func:`fit` runs forward passes and losses under ``torch.autocast(dtype)``.
+
+    ``None`` = full precision. Only bfloat16 is offered by the config (same exponent range as float32,
+    so no gradient scaler is needed); the caller decides per device (see ``workflow.precision``).
+    """
+    token = _AMP_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _AMP_DTYPE.reset(token)
+
+
+def _autocast(model: nn.Module):
+    dtype = _AMP_DTYPE.get()
+    if dtype is None:
+        return nullcontext()
+    device = next(model.parameters()).device
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -67,8 +93,9 @@ def fit(
         sums: dict[str, float] = {}
         count = 0
         for batch in batches:
-            losses = step(model, batch)
-            total = sum(losses.values())
+            with _autocast(model):
+                losses = step(model, batch)
+                total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

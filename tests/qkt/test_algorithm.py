@@ -119,3 +119,39 @@ def test_check_weights_refuses_other_shapes_and_nan():
     name = next(k for k, v in good.items() if v.is_floating_point())
     assert "non-finite" in check_weights({**good, name: good[name] * float("nan")}, expected)
     assert "not the agreed model" in check_weights({k: v for k, v in good.items() if k != name}, expected)
+
+
+def test_mixed_precision_autocasts_training_only_where_asked():
+    from qkt_flower import workflow as wf
+    from qkt_flower.config import load_config
+    from qkt_flower.qkt.engine import mixed_precision
+
+    seen = []
+
+    class Probe(torch.nn.Module):  # records the dtype its linear layer computes in
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            out = self.lin(x)
+            seen.append(out.dtype)
+            return out
+
+    from qkt_flower.data.loaders import Batches
+    from qkt_flower.qkt.engine import cross_entropy_step, fit
+
+    batches = Batches(torch.randn(32, 4), torch.randint(0, 3, (32,)), 8)
+    model = Probe()
+    fit(model, batches, cross_entropy_step, OptimSpec(), 1)
+    with mixed_precision(torch.bfloat16):
+        history = fit(model, batches, cross_entropy_step, OptimSpec(), 1)
+    fit(model, batches, cross_entropy_step, OptimSpec(), 1)  # the setting does not leak out of the block
+    assert seen == [torch.float32] * 4 + [torch.bfloat16] * 4 + [torch.float32] * 4
+    assert math.isfinite(history[0]["loss"]) and model.lin.weight.dtype == torch.float32  # master weights stay fp32
+    cpu = torch.device("cpu")
+    with wf.precision(load_config([]), cpu):  # auto: never on CPU
+        fit(model, batches, cross_entropy_step, OptimSpec(), 1)
+    with wf.precision(load_config(["amp=true"]), cpu):
+        fit(model, batches, cross_entropy_step, OptimSpec(), 1)
+    assert seen[12:] == [torch.float32] * 4 + [torch.bfloat16] * 4
