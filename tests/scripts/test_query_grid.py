@@ -30,8 +30,8 @@ def _image_folder(root: Path, train: int, test: int) -> None:
 
 def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
     _image_folder(tmp_path / "data", train=30, test=4)
-    variants = ["QKT (default)", "QKT, 20 augmented copies per shot", "QKT, expert-labelled mixes",
-                "balanced-CE control (calibrated)"]  # fmt: skip
+    variants = ["QKT (default)", "QKT, no augmentation", "QKT, expert-labelled mixes",
+                "balanced-CE control"]  # fmt: skip
     extra = ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16", "model=resnet10",
              "local.epochs=1", "strategy.phase1.epochs=1", "strategy.phase2.epochs=1", "query.min_local_count=5",
              "strategy.probe.n=32"]  # fmt: skip
