@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", help="override the preset's datasets")
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every run (after the preset's)")
     parser.add_argument("--out", type=Path, help="default: outputs/paper_table/<preset>")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for dataset, query, seed in tqdm(jobs, desc="paper table", unit="run"):
             base = [f"dataset={dataset}", f"model={MODELS[dataset]}", f"query={query}", f"seed={seed}",
-                    "progress=false", f"local.cache_dir={out / 'cache'}", *preset["overrides"]]  # fmt: skip
+                    "progress=false", f"local.cache_dir={out / 'cache'}", *preset["overrides"],
+                    *args.extra]  # fmt: skip
             res = run_flower([*base, "baselines=all"], out / "runs" / f"{dataset}-{query}-seed{seed}")
             for row in method_rows(res):
                 rows.append({"dataset": dataset, "query": QUERIES[query], "seed": seed, **row})
