@@ -152,10 +152,10 @@ class SynthesisConfig:
 class MixConfig:
     """Expert-labelled mixes of query shots and local images in phase 1 (see ``qkt/mixing.py``); weight 0 = off."""
 
-    weight: float = 0.0
-    low: float = 0.3
-    high: float = 0.7
-    batch_size: int = 64
+    weight: float
+    low: float
+    high: float
+    batch_size: int
 
 
 @dataclass
@@ -171,9 +171,9 @@ class StrategyConfig:
     phase2: Phase2Config
     control: bool
     synthesis: SynthesisConfig
+    mix: MixConfig
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     augment_shots: int = 0
-    mix: MixConfig = field(default_factory=MixConfig)
 
 
 @dataclass
