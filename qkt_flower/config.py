@@ -172,8 +172,8 @@ class StrategyConfig:
     control: bool
     synthesis: SynthesisConfig
     mix: MixConfig
+    augment_shots: int
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    augment_shots: int = 0
 
 
 @dataclass
