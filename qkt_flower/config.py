@@ -9,7 +9,7 @@ schema (type errors become :class:`~qkt_flower.errors.ConfigError` naming the ke
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -122,16 +122,16 @@ class KDConfig:
     temperature: float
     standardize: bool
     gate: bool
-    consistent: bool = False
-    weighting: str = "uniform"
+    consistent: bool
+    weighting: str
 
 
 @dataclass
 class CalibrationConfig:
     """Query-bias calibration on the querying client's own local images (see ``qkt/calibrate.py``)."""
 
-    max_false_query: float | None = None
-    holdout: float = 0.0
+    max_false_query: float | None
+    holdout: float
 
 
 @dataclass
@@ -173,7 +173,7 @@ class StrategyConfig:
     synthesis: SynthesisConfig
     mix: MixConfig
     augment_shots: int
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    calibration: CalibrationConfig
 
 
 @dataclass
@@ -232,8 +232,8 @@ class ExperimentConfig:
     progress: bool
     checkpoint_dir: str | None
     resume: bool
-    partition_cache: str | None = None
-    amp: str = "auto"
+    partition_cache: str | None
+    amp: str
 
 
 def to_config(cfg: DictConfig | dict) -> ExperimentConfig:

@@ -55,6 +55,8 @@ class MixDistillation:
         for k, e in enumerate(experts):
             self.known[k, list(e.known_classes)] = True
         self.keeps = [torch.tensor(e.query_classes, dtype=torch.long, device=self.device) for e in experts]
+        for e in experts:  # teachers label in inference mode (BatchNorm running statistics, no dropout)
+            e.model.eval()
 
     @property
     def active(self) -> bool:
@@ -79,7 +81,7 @@ class MixDistillation:
         values, weights = [], []
         for k, expert in enumerate(self.experts):
             with torch.no_grad():
-                teacher = expert.model.eval()(x).float()
+                teacher = expert.model(x).float()
             values.append(collapsed_kd(student_logits, teacher, self.keeps[k], self.temperature))
             weights.append(self.known[k, local_labels].float().to(self.device))
         return weighted_mean(torch.cat(values), torch.cat(weights))
