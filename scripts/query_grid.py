@@ -62,8 +62,12 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     ],
     "QKT Light": ["strategy.mode=light"],
     "QKT, joint phase": ["strategy.mode=joint"],
+    "QKT, joint phase, calibration 5 %": ["strategy.mode=joint", CAL + "max_false_query=0.05"],
+    "QKT, joint phase, no calibration": ["strategy.mode=joint", CAL + "max_false_query=null"],
     "balanced-CE control": [],  # augmented shots + calibration, like QKT's default
     "balanced-CE control, no calibration": [CAL + "max_false_query=null"],
+    "balanced-CE control, calibration 5 %": [CAL + "max_false_query=0.05"],
+    "balanced-CE control, joint budget (7 epochs)": ["strategy.phase1.epochs=7"],  # QKT joint's epochs
     "balanced-CE control, no augmentation": [NO_AUG],
     "balanced-CE control, no augmentation, no calibration": [NO_AUG, CAL + "max_false_query=null"],
 }

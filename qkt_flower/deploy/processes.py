@@ -53,6 +53,7 @@ def stop_trees(pids: Iterable[int], grace: float = 10.0, sig: int = signal.SIGTE
     """Signal every process in ``pids`` and all their descendants at once (``sig``, then SIGKILL after ``grace`` s).
 
     All trees share one grace period: stopping N SuperNodes costs at most ``grace``, not N times it.
+    Returns once every process of the trees has exited (waiting at most 10 s after the SIGKILL).
     """
     every = []
     for pid in pids:
@@ -65,6 +66,10 @@ def stop_trees(pids: Iterable[int], grace: float = 10.0, sig: int = signal.SIGTE
     for p in every:
         if alive(p):
             send(p, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: on a loaded machine the processes take a moment to end.
+    deadline = time.monotonic() + 10.0
+    while any(alive(p) for p in every) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
