@@ -194,11 +194,11 @@ def learn_query(
 
 
 def control_model(cfg: ExperimentConfig, fed: Federation, local_model: nn.Module, device) -> nn.Module:
-    """The class-balanced CE control on the phase-1 budget (no teacher)."""
+    """The class-balanced CE control on QKT's whole-network budget (no teacher; also the baselines' "+ FT")."""
     spec = qkt_spec(cfg.strategy)
     with precision(cfg, torch.device(device)):
         return balanced_finetune(
-            local_model, query_task(fed), spec.phase1, cfg.seed, device, cfg.progress, spec.calibration,
+            local_model, query_task(fed), spec.whole_network_budget(), cfg.seed, device, cfg.progress, spec.calibration,
             spec.augment_shots,
         )  # fmt: skip
 
@@ -215,20 +215,22 @@ def one_round_baseline(
     """A one-round baseline on the querying client, from every teacher's weights (no probe, no mask).
 
     ``sizes`` are the clients' sample counts (the server learns them from the train replies), used by
-    FedDF's weighted average. Budgets are QKT's phase 1 (same batches, epochs and optimiser).
+    FedDF's weighted average. Budgets are QKT's whole-network budget (phase 1's batches and optimiser,
+    the epochs ``strategy.mode`` trains the whole network for).
     """
     from qkt_flower.baselines.averaging import average_state_dicts
     from qkt_flower.baselines.distill import ensemble_distillation, vanilla_kd
     from qkt_flower.baselines.ensemble import LogitEnsemble
 
     spec = qkt_spec(cfg.strategy)
+    budget = spec.whole_network_budget()
     members = [teachers[k].to(device).eval() for k in sorted(teachers)]
     if name == "ensemble":  # every client's model, the querying client's own included
         return LogitEnsemble([local_model.to(device).eval(), *members]).eval()
     if name == "vanilla_kd":
         with precision(cfg, torch.device(device)):
             return vanilla_kd(
-                local_model, query_task(fed), members, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
+                local_model, query_task(fed), members, budget, spec.temperature, cfg.seed, device, cfg.progress
             )
     if name == "feddf":
         everyone = {**teachers, fed.scenario.client: local_model}
@@ -239,7 +241,7 @@ def one_round_baseline(
         ensemble = [everyone[k].to(device).eval() for k in ids]
         with precision(cfg, torch.device(device)):
             return ensemble_distillation(
-                start, query_task(fed), ensemble, spec.phase1, spec.temperature, cfg.seed, device, cfg.progress
+                start, query_task(fed), ensemble, budget, spec.temperature, cfg.seed, device, cfg.progress
             )
     raise ValueError(f"unknown one-round baseline {name!r}")
 

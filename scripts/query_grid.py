@@ -46,14 +46,24 @@ from qkt_flower.results import mean_std, write_csv
 
 CAL = "strategy.calibration."
 NO_AUG = "strategy.augment_shots=0"
+TWO = "strategy.mode=two-phase"
 VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines are handled apart)
-    "QKT (default)": [],  # augmented shots + consistent KD + calibration (chosen from this grid)
-    "QKT, paper recipe (no augmentation, no consistent KD)": [NO_AUG, "strategy.kd.consistent=false"],
+    "QKT (default)": [],  # joint phase + augmented shots + consistent KD + calibration 5 % (chosen from this grid)
+    "QKT, two phases (previous default)": [TWO, CAL + "max_false_query=0.02"],
+    "QKT, two phases, calibration 5 %": [TWO],
+    "QKT, paper recipe (two phases, no augmentation, no consistent KD)": [
+        TWO,
+        NO_AUG,
+        "strategy.kd.consistent=false",
+        CAL + "max_false_query=0.02",
+    ],
     "QKT, no augmentation": [NO_AUG],
     "QKT, no consistent KD": ["strategy.kd.consistent=false"],
     "QKT, no calibration": [CAL + "max_false_query=null"],
-    "QKT, calibration 5 %": [CAL + "max_false_query=0.05"],
+    "QKT, calibration 2 %": [CAL + "max_false_query=0.02"],
     "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
+    "QKT, no L_keep": ["strategy.phase2.gamma=0"],
+    "QKT, no query distillation (β = 0)": ["strategy.phase1.beta=0"],  # CE + L_keep only: no teacher at all
     "QKT, shot-weighted experts": ["strategy.kd.weighting=shots"],
     "QKT, expert-labelled mixes": ["strategy.mix.weight=1.0"],
     "QKT, balance every present class": [
@@ -61,31 +71,31 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
         "strategy.phase2.balance_over=present",
     ],
     "QKT Light": ["strategy.mode=light"],
-    "QKT, joint phase": ["strategy.mode=joint"],
-    "QKT, joint phase, calibration 5 %": ["strategy.mode=joint", CAL + "max_false_query=0.05"],
-    "QKT, joint phase, no calibration": ["strategy.mode=joint", CAL + "max_false_query=null"],
-    "balanced-CE control": [],  # augmented shots + calibration, like QKT's default
+    # the control trains for QKT's whole-network epochs (joint: phase 1's + phase 2's; two phases: phase 1's)
+    "balanced-CE control": [],  # augmented shots + calibration 5 %, QKT's default budget (7 epochs)
     "balanced-CE control, no calibration": [CAL + "max_false_query=null"],
-    "balanced-CE control, calibration 5 %": [CAL + "max_false_query=0.05"],
-    "balanced-CE control, joint budget (7 epochs)": ["strategy.phase1.epochs=7"],  # QKT joint's epochs
+    "balanced-CE control, calibration 2 %": [CAL + "max_false_query=0.02"],
+    "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [TWO, CAL + "max_false_query=0.02"],
     "balanced-CE control, no augmentation": [NO_AUG],
     "balanced-CE control, no augmentation, no calibration": [NO_AUG, CAL + "max_false_query=null"],
 }
 GRID = [  # what the default grid runs (every name of VARIANTS can be asked for with --variants)
     "QKT (default)",
-    "QKT, paper recipe (no augmentation, no consistent KD)",
+    "QKT, two phases (previous default)",
+    "QKT, two phases, calibration 5 %",
+    "QKT, paper recipe (two phases, no augmentation, no consistent KD)",
     "QKT, no augmentation",
     "QKT, no consistent KD",
     "QKT, no calibration",
-    "QKT, calibration 5 %",
-    "QKT, shot-weighted experts",
+    "QKT, calibration 2 %",
+    "QKT, no L_keep",
+    "QKT, no query distillation (β = 0)",
     "QKT, expert-labelled mixes",
     "QKT Light",
-    "QKT, joint phase",
     "balanced-CE control",
     "balanced-CE control, no calibration",
+    "balanced-CE control, previous recipe (2 epochs, calibration 2 %)",
     "balanced-CE control, no augmentation",
-    "balanced-CE control, no augmentation, no calibration",
 ]
 ONE_ROUND = {"ensemble": "ensemble (all models)", "vanilla_kd": "vanilla KD", "feddf": "FedDF fusion"}
 ACC = ("query_acc", "local_acc", "overall_acc", "mean_acc")
@@ -133,12 +143,13 @@ def baseline_rows(cfg, fed, models, row, b: Baselines, device) -> list[dict]:
     """The non-QKT methods of one cell: one-round baselines, then federated ones ± fine-tuning.
 
     Ensemble / vanilla KD / FedDF from every teacher; FedAvg / FedProx after 1 and ``b.rounds`` rounds,
-    each also fine-tuned on the querying client (the balanced-CE control's recipe, calibration included).
+    each also fine-tuned on the querying client (the balanced-CE control's recipe and budget, calibration included).
 
     Cached per cell: re-running the grid for a new QKT variant does not re-train 10 clients for rounds.
     """
-    shaping = [wf.local_model_key(cfg), asdict(cfg.strategy.phase1), asdict(cfg.strategy.calibration),
-               cfg.strategy.kd.temperature, asdict(cfg.baselines), list(b.federated), b.rounds]  # fmt: skip
+    shaping = [wf.local_model_key(cfg), cfg.strategy.mode, asdict(cfg.strategy.phase1), cfg.strategy.phase2.epochs,
+               asdict(cfg.strategy.calibration), cfg.strategy.kd.temperature, asdict(cfg.baselines),
+               list(b.federated), b.rounds]  # fmt: skip
     if cfg.strategy.augment_shots:  # the fine-tuned baselines use the control's recipe, augmentation included
         shaping.append(cfg.strategy.augment_shots)
     key = _key(shaping)

@@ -145,7 +145,7 @@ def qkt(msg: Message, context: Context) -> Message:
         "calibration_shift": float(info["calibration_shift"]),
         "num-examples": len(fed.scenario.partitions[s.client]),
     }
-    if cfg.strategy.control:  # the class-balanced CE control: no teacher, same budget as phase 1
+    if cfg.strategy.control:  # the class-balanced CE control: no teacher, same whole-network budget as QKT
         metrics.update(_view_metrics("control", wf.control_model(cfg, fed, mine, device), fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 

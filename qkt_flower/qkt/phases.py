@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -84,6 +84,18 @@ class QKTSpec:
     synthesis: SynthesisSpec = SynthesisSpec()
     augment_shots: int = 0
     mix: MixSpec = MixSpec()
+
+    def whole_network_budget(self) -> PhaseSpec:
+        """Phase 1's batches and optimiser for as many epochs as ``mode`` trains the whole network.
+
+        The teacher-free control, the fine-tuned baselines and the distillation baselines get this
+        budget, so a gap to QKT is never a gap in training: ``joint`` trains the whole network for
+        phase 1's + phase 2's epochs, ``two-phase`` / ``phase1`` for phase 1's (phase 2 only trains the
+        head), ``light`` for none of its own — the baselines then get phase 1's.
+        """
+        if self.mode == "joint":
+            return replace(self.phase1, epochs=self.phase1.epochs + self.phase2.epochs)
+        return self.phase1
 
 
 @dataclass(frozen=True)

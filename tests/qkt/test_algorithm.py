@@ -155,3 +155,14 @@ def test_mixed_precision_autocasts_training_only_where_asked():
     with wf.precision(load_config(["amp=true"]), cpu):
         fit(model, batches, cross_entropy_step, OptimSpec(), 1)
     assert seen[12:] == [torch.float32] * 4 + [torch.bfloat16] * 4
+
+
+def test_controls_and_baselines_get_qkts_whole_network_budget():
+    """The joint phase trains the whole network for phase 1's + phase 2's epochs; the teacher-free control
+    and the fine-tuned baselines must get as many, or a gap to QKT would be a gap in training."""
+    phase1 = PhaseSpec(epochs=2, batch_size=64, optim=OptimSpec("adam", 1e-3))
+    phase2 = PhaseSpec(epochs=5, batch_size=128, optim=OptimSpec("sgd", 1e-2))
+    joint = QKTSpec("joint", phase1, phase2).whole_network_budget()
+    assert (joint.epochs, joint.batch_size, joint.optim) == (7, 64, phase1.optim)
+    for mode in ("two-phase", "phase1", "light"):
+        assert QKTSpec(mode, phase1, phase2).whole_network_budget() == phase1
