@@ -23,11 +23,13 @@ def small_run():
 
 def test_qkt_learns_the_query_class(small_run):
     """On 300 samples per class the query (coat) has a look-alike among q's local classes (shirt); the
-    default calibration buys local accuracy back with query accuracy (see README): a net gain, local kept."""
+    default calibration buys local accuracy back with query accuracy (see README): a net gain, local kept
+    up to the share of its local images the calibration lets be called the query class (5 %), plus one point."""
     before, after = small_run["before"], small_run["after"]
+    allowed = load_config(SMALL).strategy.calibration.max_false_query
     assert before["query_acc"] < 0.2  # q has 5 shots of the query class: its local model barely knows it
     assert after["query_acc"] > before["query_acc"] + 0.15
-    assert after["local_acc"] >= before["local_acc"] - 0.03
+    assert after["local_acc"] >= before["local_acc"] - allowed - 0.01
     assert after["mean_acc"] > before["mean_acc"] + 0.05
     assert small_run["calibration_shift"] > 0  # the calibration did act here
 

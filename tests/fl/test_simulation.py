@@ -43,7 +43,8 @@ def test_simulation_runs_qkt_end_to_end(flower_run):
     # epoch: the gain is small here (11 points with the default augmented shots, 23 without); the interference
     # grid in the README measures accuracy, this checks that the pipeline transfers some query knowledge
     assert m["after.query_acc"] > m["before.query_acc"] + 0.05
-    assert m["after.local_acc"] >= m["before.local_acc"] - 0.03  # the default calibration keeps local accuracy
+    allowed = _config()[0].strategy.calibration.max_false_query  # share of local images it may call the query
+    assert m["after.local_acc"] >= m["before.local_acc"] - allowed - 0.01  # the default calibration keeps local
     assert set(flower_run["bytes"]["sent"]) == {"train", "probe", "weights", "qkt"}
     assert flower_run["bytes"]["received"]["weights"] > 0
 
