@@ -38,8 +38,11 @@ def test_without_calibration_the_query_is_learnt_at_a_local_cost(small_run):
     """The ablation that shows why calibration is on: more query accuracy, local accuracy lost to the look-alike."""
     raw = run_reference(load_config([*SMALL, "strategy.calibration.max_false_query=null", "strategy.control=false"]))
     assert raw["before"] == small_run["before"]  # same local model
-    assert raw["after"]["query_acc"] > small_run["after"]["query_acc"] + 0.2
+    allowed = load_config(SMALL).strategy.calibration.max_false_query
+    assert raw["after"]["query_acc"] > small_run["after"]["query_acc"] + 0.1
     assert raw["after"]["local_acc"] < small_run["after"]["local_acc"] - 0.05
+    # uncalibrated, local accuracy falls further than the calibration's tolerance allows (see the test above)
+    assert raw["after"]["local_acc"] < raw["before"]["local_acc"] - allowed - 0.01
     assert raw["calibration_shift"] == 0.0
     assert set(small_run["query_classes"]).isdisjoint(small_run["local_classes"])
 
