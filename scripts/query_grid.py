@@ -20,8 +20,8 @@ the control's recipe. Baseline rows and federated global models are cached per c
 Prints mean ± std of query, local, Δlocal (vs the local model), overall and mean(query, local) per
 method, and under each table a claim check of the ``--check`` rows (best mean(q,l) of all methods;
 local accuracy within 2 points; query accuracy ≥ 20 points — 14 for 3-class queries — above every
-non-QKT method that keeps local accuracy within 2 points), and writes ``grid.md`` / ``grid.json`` /
-``grid.csv`` under ``--out`` (default ``outputs/query_grid``).
+non-QKT method that keeps local accuracy within 2 points), and writes ``rows.jsonl`` (cell by cell),
+``grid.md`` / ``grid.json`` / ``grid.csv`` under ``--out`` (default ``outputs/query_grid``).
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
     "QKT, no L_keep": ["strategy.phase2.gamma=0"],
     "QKT, no query distillation (β = 0)": ["strategy.phase1.beta=0"],  # CE + L_keep only: no teacher at all
+    "QKT, half query distillation (β = 0.5)": ["strategy.phase1.beta=0.5"],
+    "QKT, stricter mask (λ = 2)": ["strategy.mask.lam=2.0"],
     "QKT, shot-weighted experts": ["strategy.kd.weighting=shots"],
     "QKT, expert-labelled mixes": ["strategy.mix.weight=1.0"],
     "QKT, balance every present class": [
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     rows, skipped = [], []
     baselines = None if args.no_baselines else Baselines(tuple(args.federated), args.rounds, args.out / "cache")
     cells = [(p, s, q) for p in args.partitions for s in args.seeds for q in args.queries]
+    partial = args.out / "rows.jsonl"  # every finished cell's rows, as they come: a stopped grid keeps them
+    partial.write_text("")
     for part, seed, query in tqdm(cells, desc="query grid", unit="cell"):
         overrides = [f"partition={part}", f"seed={seed}", f"query.classes={query}", "progress=false",
                      f"local.cache_dir={args.out / 'cache'}", *args.extra]  # fmt: skip
@@ -296,7 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         except DataNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        rows += [{"partition": part, "seed": seed, "query": query, **r} for r in cell]
+        new = [{"partition": part, "seed": seed, "query": query, **r} for r in cell]
+        with partial.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in new)
+        rows += new
     table = summarize(rows)
     minutes = (time.perf_counter() - start) / 60
     margin = 14.0 if any("," in q for q in args.queries) else 20.0  # the paper's claim: 3-class / single-class
