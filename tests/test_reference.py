@@ -85,11 +85,14 @@ def test_cli_writes_results_and_resolved_config(tmp_path):
 def test_full_data_paper_recipe_meets_the_claim():
     """The paper recipe on all of Fashion-MNIST: a large query gain at a small local cost.
 
-    The paper recipe = today's defaults without augmented shots and consistent KD (both chosen on the
-    300-images-per-class interference grid). With them, this seed's full-data query gain is 36.4 points,
-    not > 50 (CI, stop 13): whether the small-data defaults hold on full data is open (README, issue 5).
+    The paper recipe = the paper's two phases, calibration 2 %, no augmented shots, no consistent KD (the
+    grid's "QKT, paper recipe" row). The small-data defaults chosen on the interference grid reached a 36.4-point
+    gain on this seed (two-phase default, CI stop 13), not > 50: whether they hold on full data is open
+    (README, issue 5).
     """
-    r = run_reference(load_config(["progress=false", "strategy.augment_shots=0", "strategy.kd.consistent=false"]))
+    recipe = ["strategy.mode=two-phase", "strategy.calibration.max_false_query=0.02", "strategy.augment_shots=0",
+              "strategy.kd.consistent=false"]  # fmt: skip
+    r = run_reference(load_config(["progress=false", *recipe]))
     assert r["after"]["query_acc"] - r["before"]["query_acc"] > 0.5
     assert r["after"]["local_acc"] >= r["before"]["local_acc"] - 0.04
     assert r["after"]["query_acc"] > r["control"]["query_acc"] + 0.2
