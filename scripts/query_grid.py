@@ -280,8 +280,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=GRID, metavar="NAME",
                         help="QKT variants / controls to run (default: the GRID list)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs/query_grid"))
+    parser.add_argument("--from-rows", action="store_true",
+                        help="run nothing: tables from --out/rows.jsonl (a stopped grid's cells)")  # fmt: skip
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_rows:
+        partial = args.out / "rows.jsonl"
+        if not partial.is_file():
+            print(f"error: {partial} not found (run the grid with --out {args.out} first)", file=sys.stderr)
+            sys.exit(2)
+        rows = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
+        n = len({(r["partition"], r["seed"], r["query"]) for r in rows})
+        report(args, rows, [], f"{n} finished cells of a stopped or running grid (from rows.jsonl).")
+        return
     device = wf.resolve_device("auto")
     start = time.perf_counter()
     rows, skipped = [], []
@@ -304,16 +315,24 @@ def main(argv: list[str] | None = None) -> None:
         with partial.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in new)
         rows += new
-    table = summarize(rows)
     minutes = (time.perf_counter() - start) / 60
-    margin = 14.0 if any("," in q for q in args.queries) else 20.0  # the paper's claim: 3-class / single-class
+    report(args, rows, skipped, f"{len(cells) - len(skipped)} cells ({len(skipped)} skipped), {minutes:.1f} min.",
+           minutes)  # fmt: skip
+
+
+def report(args, rows: list[dict], skipped: list[dict], footer: str, minutes: float | None = None) -> None:
+    """Tables + claim checks per split, printed and written as grid.md / grid.json / grid.csv."""
+    table = summarize(rows)
+    margin = 14.0 if any("," in r["query"] for r in rows) else 20.0  # the paper's claim: 3-class / single-class
     parts = []
     for p in args.partitions:
         part = [r for r in table if r["partition"] == p]
         if part:
+            seeds = sorted({r["seed"] for r in rows if r["partition"] == p})
+            queries = list(dict.fromkeys(r["query"] for r in rows if r["partition"] == p))
             checks = "\n\n".join(f"Claim check, {name}:\n" + claim_check(part, margin, name) for name in args.check)
-            parts.append(markdown(part, f"{p}: seeds {args.seeds} x queries {args.queries}") + "\n\n" + checks)
-    text = "\n\n".join(parts) + f"\n\n{len(cells) - len(skipped)} cells ({len(skipped)} skipped), {minutes:.1f} min.\n"
+            parts.append(markdown(part, f"{p}: seeds {seeds} x queries {queries}") + "\n\n" + checks)
+    text = "\n\n".join(parts) + f"\n\n{footer}\n"
     print(text)
     (args.out / "grid.md").write_text(text)
     (args.out / "grid.json").write_text(json.dumps({"table": table, "rows": rows, "skipped": skipped,

@@ -48,6 +48,8 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
         assert all(0.0 <= row[k] <= 100.0 for k in query_grid.ACC)
     streamed = [json.loads(line) for line in (tmp_path / "grid" / "rows.jsonl").read_text().splitlines()]
     assert streamed == result["rows"]  # written cell by cell, so a stopped grid keeps its finished cells
+    query_grid.main(["--from-rows", "--out", str(tmp_path / "grid")])  # tables rebuilt from them, nothing run
+    assert json.loads((tmp_path / "grid" / "grid.json").read_text())["table"] == result["table"]
     assert "Claim check, QKT (default):" in printed and printed.count("PASS") + printed.count("FAIL") == 3
     cached = sorted(p.name for p in (tmp_path / "grid" / "cache").iterdir() if p.is_file())
     assert [p.split("-")[0] for p in cached] == ["baselines", "fedavg"]
