@@ -62,6 +62,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, no calibration": [CAL + "max_false_query=null"],
     "QKT, calibration 2 %": [CAL + "max_false_query=0.02"],
     "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
+    "QKT, calibration 2 % on 20 % hold-out": [CAL + "max_false_query=0.02", CAL + "holdout=0.2"],
     "QKT, no L_keep": ["strategy.phase2.gamma=0"],
     "QKT, no query distillation (β = 0)": ["strategy.phase1.beta=0"],  # CE + L_keep only: no teacher at all
     "QKT, half query distillation (β = 0.5)": ["strategy.phase1.beta=0.5"],

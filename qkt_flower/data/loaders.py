@@ -13,6 +13,10 @@ import torch
 
 from qkt_flower.data.datasets import ImageDataset
 
+INFERENCE_BATCH = 128
+"""Batch size for forward-only passes (evaluation, cached teacher logits, features). On CPU a small CNN
+runs ~1.7x faster at 64-128 than at 512 (activations stay in cache; measured with 2 threads)."""
+
 
 class Batch(NamedTuple):
     """One mini-batch: inputs, labels and their row positions in the source tensors."""

@@ -108,7 +108,9 @@ def probe(msg: Message, context: Context) -> Message:
     model = local_model(cfg, federation(cfg), context)
     noise = make_probe(tuple(spec["shape"]), int(spec["n"]), int(spec["seed"]), str(spec["kind"]))
     device = wf.resolve_device(cfg.device)
-    scores = probe_scores(model, noise, float(spec["temperature"]), bool(spec["standardize"]), device=device)
+    temperature, standardize = float(spec["temperature"]), bool(spec["standardize"])
+    batch_size = cfg.strategy.probe.batch_size  # local compute, not part of the probe's wire spec
+    scores = probe_scores(model, noise, temperature, standardize, batch_size, device)
     return reply(msg, **{R.PROBE_SCORES: MetricRecord({"scores": scores.tolist()})})
 
 

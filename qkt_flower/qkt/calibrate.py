@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from qkt_flower.data.datasets import ImageDataset
-from qkt_flower.data.loaders import image_batches
+from qkt_flower.data.loaders import INFERENCE_BATCH, image_batches
 from qkt_flower.qkt.engine import predict_logits
 
 
@@ -81,7 +81,7 @@ def calibrate_query_bias(
     device: torch.device | str = "cpu",
 ) -> float:
     """Lower ``model.head``'s query-class biases in place; returns the shift applied (0 when none needed)."""
-    logits, labels = predict_logits(model, image_batches(local_images, 512, device=device))
+    logits, labels = predict_logits(model, image_batches(local_images, INFERENCE_BATCH, device=device))
     local = torch.isin(labels, torch.tensor(local_classes, dtype=labels.dtype))
     shift = query_bias_shift(query_margins(logits[local], query_classes), max_false_query)
     if shift > 0:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from qkt_flower.data.datasets import ImageDataset
-from qkt_flower.data.loaders import image_batches
+from qkt_flower.data.loaders import INFERENCE_BATCH, image_batches
 from qkt_flower.qkt.engine import predict_logits
 
 
@@ -42,7 +42,7 @@ def evaluate_view(
     view: ImageDataset,
     query_classes: tuple[int, ...],
     local_classes: tuple[int, ...],
-    batch_size: int = 512,
+    batch_size: int = INFERENCE_BATCH,
     device: torch.device | str = "cpu",
 ) -> dict[str, float | dict[str, float]]:
     """:func:`accuracy_report` of ``model`` on the test view ``view``."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from qkt_flower.data.augment import augmented_copies
 from qkt_flower.data.datasets import ImageDataset
-from qkt_flower.data.loaders import Batch, Batches, image_batches
+from qkt_flower.data.loaders import INFERENCE_BATCH, Batch, Batches, image_batches
 from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, split_holdout
 from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
 from qkt_flower.qkt.losses import collapsed_kd, cross_entropy, weighted_mean
@@ -151,7 +151,9 @@ def calibrate(student: nn.Module, task: QueryTask, held: ImageDataset | None, sp
 
 
 @torch.inference_mode()
-def cached_logits(models: list[nn.Module], data: ImageDataset, device: torch.device | str, batch_size: int = 512):
+def cached_logits(
+    models: list[nn.Module], data: ImageDataset, device: torch.device | str, batch_size: int = INFERENCE_BATCH
+):
     """Logits ``(K, N, C)`` of each model over ``data``, in data order (one pass per model)."""
     batches = image_batches(data, batch_size, device=device)
     out = []
@@ -308,7 +310,7 @@ def phase_batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: t
 @torch.inference_mode()
 def _features(model: nn.Module, data: ImageDataset, device) -> torch.Tensor:
     model.eval()
-    return torch.cat([model.features(b.x).float() for b in image_batches(data, 512, device=device)])
+    return torch.cat([model.features(b.x).float() for b in image_batches(data, INFERENCE_BATCH, device=device)])
 
 
 def _mixing(experts, task: QueryTask, spec: QKTSpec, seed: int, device) -> MixDistillation | None:

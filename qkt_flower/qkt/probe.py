@@ -41,7 +41,7 @@ def probe_scores(
     probe: torch.Tensor,
     temperature: float = 10.0,
     standardize: bool = False,
-    batch_size: int = 256,
+    batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Mean softmax ``s_k ∈ R^C`` of ``model`` over the probe, at probe temperature ``temperature``.
