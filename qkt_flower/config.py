@@ -93,7 +93,11 @@ class Phase2Config(Phase1Config):
 
 @dataclass
 class ProbeConfig:
-    """The noise probe sent to teachers as (seed, shape, n, kind)."""
+    """The noise probe sent to teachers as (seed, shape, n, kind).
+
+    ``with_training``: the probe does not depend on the query, so teachers can answer it as soon as
+    they have trained, in their training reply, instead of in a round trip of its own.
+    """
 
     n: int
     kind: str
@@ -101,6 +105,7 @@ class ProbeConfig:
     standardize: bool
     seed: int
     batch_size: int
+    with_training: bool = True
 
 
 @dataclass

@@ -92,26 +92,39 @@ def train(msg: Message, context: Context) -> Message:
     samples, start = wf.samples_to_train(cfg, k, n), time.perf_counter()
     model = wf.train_client(cfg, fed, k, wf.resolve_device(cfg.device))
     seconds = time.perf_counter() - start
+    records = {}
+    if R.PROBE_SPEC in msg.content.config_records and k != fed.scenario.client:  # the probe, answered right away
+        records[R.PROBE_SCORES] = answer_probe(cfg, fed, model.eval(), msg.content.config_records[R.PROBE_SPEC])
     context.state[R.LOCAL_MODEL] = ArrayRecord(model.cpu().state_dict())
     metrics = {"num-examples": n, "client": k, "train-seconds": seconds, "train-samples": samples}
     if k == fed.scenario.client:  # the querying node announces its query (the server holds no data)
         metrics.update({"query-classes": list(fed.scenario.query_classes), "num-classes": fed.train.num_classes,
                         "input-shape": list(fed.train.input_shape)})  # fmt: skip
-    return reply(msg, **{R.METRICS: MetricRecord(metrics)})
+    return reply(msg, **{R.METRICS: MetricRecord(metrics)}, **records)
+
+
+def answer_probe(cfg: ExperimentConfig, fed: Federation, model: torch.nn.Module, spec) -> MetricRecord:
+    """The probe answer of this node: its mean softmax over the noise regenerated from ``spec`` (C floats).
+
+    An empty ``shape`` in the spec (a probe sent with the training message) means this node's input shape.
+    """
+    start = time.perf_counter()
+    shape = tuple(int(v) for v in spec["shape"]) or tuple(fed.train.input_shape)
+    noise = make_probe(shape, int(spec["n"]), int(spec["seed"]), str(spec["kind"]))
+    temperature, standardize = float(spec["temperature"]), bool(spec["standardize"])
+    batch_size = cfg.strategy.probe.batch_size  # local compute, not part of the probe's wire spec
+    device = wf.resolve_device(cfg.device)
+    scores = probe_scores(model.to(device), noise, temperature, standardize, batch_size, device)
+    return R.pack_probe_reply(scores, shape, time.perf_counter() - start)
 
 
 @app.query("probe")
 def probe(msg: Message, context: Context) -> Message:
-    """Answer the noise probe with this node's mean softmax (C floats), regenerating the noise from its seed."""
+    """Answer the noise probe on its own (a node that trained without it, or ``probe.with_training=false``)."""
     cfg = experiment(msg, context)
-    spec = msg.content.config_records[R.PROBE_SPEC]
-    model = local_model(cfg, federation(cfg), context)
-    noise = make_probe(tuple(spec["shape"]), int(spec["n"]), int(spec["seed"]), str(spec["kind"]))
-    device = wf.resolve_device(cfg.device)
-    temperature, standardize = float(spec["temperature"]), bool(spec["standardize"])
-    batch_size = cfg.strategy.probe.batch_size  # local compute, not part of the probe's wire spec
-    scores = probe_scores(model, noise, temperature, standardize, batch_size, device)
-    return reply(msg, **{R.PROBE_SCORES: MetricRecord({"scores": scores.tolist()})})
+    fed = federation(cfg)
+    record = answer_probe(cfg, fed, local_model(cfg, fed, context), msg.content.config_records[R.PROBE_SPEC])
+    return reply(msg, **{R.PROBE_SCORES: record})
 
 
 @app.query("weights")

@@ -1,6 +1,7 @@
 """Record keys of every QKT message, defined once, and the helpers that pack and unpack them.
 
-Message types: ``train`` (step 0), ``query.probe`` (noise probe: seed, shape, count — never tensors),
+Message types: ``train`` (step 0; with a probe spec, the reply carries the probe answer), ``query.probe``
+(noise probe: seed, shape, count — never tensors),
 ``query.weights`` (a relevant teacher's weights), ``train.qkt`` (experts + masks to the querying node).
 """
 
@@ -25,7 +26,7 @@ EVALUATE = "query.evaluate"  # a global model to the querying node: test-view ac
 # record keys
 EXPERIMENT = "experiment"  # ConfigRecord {"yaml": resolved experiment config}
 PROBE_SPEC = "probe"  # ConfigRecord {seed, shape, n, kind, temperature, standardize}
-PROBE_SCORES = "probe-scores"  # MetricRecord {"scores": C floats}
+PROBE_SCORES = "probe-scores"  # MetricRecord {"scores": C floats, "shape": noise shape, "seconds": compute}
 TEACHER_ARRAYS = "teacher-arrays"  # ArrayRecord of one teacher (reply to query.weights)
 EXPERT_ARRAYS = "expert-arrays."  # prefix + teacher id, in the train.qkt message
 EXPERT_MASKS = "expert-masks"  # ConfigRecord {"<id>.query": [..], "<id>.known": [..]}
@@ -57,13 +58,22 @@ def experiment_from_yaml(text: str) -> ExperimentConfig:
     return to_config(OmegaConf.create(text))
 
 
-def pack_probe(cfg: ExperimentConfig, shape: tuple[int, ...]) -> ConfigRecord:
-    """What a teacher needs to regenerate the probe: a seed, a shape and a count (no tensors)."""
+def pack_probe(cfg: ExperimentConfig, shape: tuple[int, ...] | None) -> ConfigRecord:
+    """What a teacher needs to regenerate the probe: a seed, a shape and a count (no tensors).
+
+    ``shape=None`` (the probe sent with the training message, before the server knows the input shape):
+    the node uses its own input shape and says which in its reply (:func:`pack_probe_reply`).
+    """
     p = cfg.strategy.probe
     return ConfigRecord(
-        {"seed": p.seed, "shape": list(shape), "n": p.n, "kind": p.kind, "temperature": p.temperature,
+        {"seed": p.seed, "shape": list(shape or ()), "n": p.n, "kind": p.kind, "temperature": p.temperature,
          "standardize": p.standardize}
     )  # fmt: skip
+
+
+def pack_probe_reply(scores: torch.Tensor, shape: tuple[int, ...], seconds: float) -> MetricRecord:
+    """A teacher's probe answer: C scores, the input shape of the noise it used, its compute seconds."""
+    return MetricRecord({"scores": scores.tolist(), "shape": list(shape), "seconds": float(seconds)})
 
 
 def state_dict_of(record: ArrayRecord) -> dict[str, torch.Tensor]:

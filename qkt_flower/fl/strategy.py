@@ -62,6 +62,9 @@ class QKTStrategy:
         self.info: dict[int, dict] = {}  # client id -> its train reply (num-classes, input-shape, query-classes)
         self.node_of: dict[int, int] = {}  # client id -> node id, of the nodes that trained
         self.expected_shapes: dict[str, torch.Size] = {}  # the agreed model's tensors, to check weights against
+        self.answers: dict[int, object] = {}  # client id -> its probe answer (MetricRecord), as it came
+        self.asked = 0  # teachers sent a probe message of their own
+        self.with_training_seconds: list[float] = []  # node compute of the answers that came with training
 
     # -- messaging -----------------------------------------------------------------------------------
     def _exchange(self, grid: Grid, step: str, messages: list[Message]) -> list[Message]:
@@ -114,8 +117,17 @@ class QKTStrategy:
 
     # -- the four steps ------------------------------------------------------------------------------
     def train(self, grid: Grid, node_ids: Iterable[int]) -> dict[int, int]:
-        """Step 0 on every node; returns ``{client id: node id}`` of the nodes that trained."""
-        replies = self._exchange(grid, "train", [self._message(n, R.TRAIN) for n in node_ids])
+        """Step 0 on every node; returns ``{client id: node id}`` of the nodes that trained.
+
+        With ``probe.with_training`` each message also carries the probe (it does not depend on the query),
+        and the teachers' answers are kept for :meth:`probe`: one round trip per teacher fewer.
+        """
+        node_ids, probe = list(node_ids), {}
+        if self.cfg.strategy.probe.with_training:
+            probe = {R.PROBE_SPEC: R.pack_probe(self.cfg, None)}
+        replies = self._exchange(grid, "train", [self._message(n, R.TRAIN, **probe) for n in node_ids])
+        if probe:  # the probe's bytes are the probe step's, wherever they travel
+            self._move_bytes("sent", "train", "probe", len(node_ids) * len(probe[R.PROBE_SPEC].deflate()))
         node_of = {}
         for r in replies:
             metrics = r.content.metric_records[R.METRICS]
@@ -123,25 +135,66 @@ class QKTStrategy:
             node_of[k] = r.metadata.src_node_id
             self.client_of[r.metadata.src_node_id] = k
             self.info[k] = dict(metrics)
+            if (answer := r.content.metric_records.get(R.PROBE_SCORES)) is not None:
+                self.answers[k] = answer
+                self.with_training_seconds.append(float(answer.get("seconds", 0.0)))
+                self._move_bytes("received", "train", "probe", len(answer.deflate()))
         return node_of
 
+    def _move_bytes(self, direction: str, source: str, target: str, n: int) -> None:
+        counts = self.bytes[direction]
+        counts[source] = counts.get(source, 0) - n
+        counts[target] = counts.get(target, 0) + n
+
     def probe(self, grid: Grid, teachers: dict[int, int], shape, num_classes: int) -> dict[int, torch.Tensor]:
-        """Probe every teacher; returns the valid replies ``{client: scores}`` (invalid ones are dropped)."""
-        spec = R.pack_probe(self.cfg, shape)
-        msgs = [self._message(n, R.PROBE, **{R.PROBE_SPEC: spec}) for n in teachers.values()]
-        scores = {}
-        for r in self._exchange(grid, "probe", msgs):
-            k = self.client_of[r.metadata.src_node_id]
-            try:
-                reply = torch.tensor(r.content.metric_records[R.PROBE_SCORES]["scores"], dtype=torch.float32)
-            except (KeyError, TypeError, ValueError):
-                reply = None
-            reason = "missing or malformed scores" if reply is None else check_probe_reply(reply, num_classes)
-            if reason is None:
+        """Every teacher's probe answer: ``{client: scores}`` of the valid ones (invalid ones are dropped).
+
+        Answers that came with the training replies are used when they probed the agreed input shape;
+        the other teachers get a probe message of their own.
+        """
+        start, scores, ask = time.perf_counter(), {}, []
+        for k, node in teachers.items():
+            answer = self.answers.get(k)
+            if answer is None or [int(v) for v in answer.get("shape", [])] != list(shape):
+                ask.append(node)
+            elif (reply := self._valid_scores(node, answer, num_classes)) is not None:
                 scores[k] = reply
-            else:
-                self._drop(r.metadata.src_node_id, "probe", f"invalid reply: {reason}")
+        self.seconds["probe"] = self.seconds.get("probe", 0.0) + time.perf_counter() - start
+        self.asked += len(ask)
+        if ask:
+            spec = R.pack_probe(self.cfg, shape)
+            for r in self._exchange(grid, "probe", [self._message(n, R.PROBE, **{R.PROBE_SPEC: spec}) for n in ask]):
+                k = self.client_of[r.metadata.src_node_id]
+                answer = r.content.metric_records.get(R.PROBE_SCORES)
+                self.answers[k] = answer
+                if (reply := self._valid_scores(r.metadata.src_node_id, answer, num_classes)) is not None:
+                    scores[k] = reply
         return scores
+
+    def _valid_scores(self, node_id: int, answer, num_classes: int) -> torch.Tensor | None:
+        """The scores of a probe answer, or ``None`` (and the teacher dropped, with the reason) if unusable."""
+        try:
+            reply = torch.tensor(answer["scores"], dtype=torch.float32)
+        except (KeyError, TypeError, ValueError):
+            reply = None
+        reason = "missing or malformed scores" if reply is None else check_probe_reply(reply, num_classes)
+        if reason is None:
+            return reply
+        self._drop(node_id, "probe", f"invalid reply: {reason}")
+        return None
+
+    def probe_cost(self) -> dict:
+        """The probe as it was spent: node compute and server wall seconds.
+
+        Compute on the nodes for the answers that came with training (summed over nodes, like
+        ``local_training``'s seconds); wall seconds here for probe messages and masking.
+        """
+        return {
+            "answers_with_training": len(self.with_training_seconds),
+            "node_seconds_with_training": float(sum(self.with_training_seconds)),
+            "probe_messages": self.asked,
+            "server_seconds": self.seconds.get("probe", 0.0) + self.seconds.get("mask", 0.0),
+        }
 
     def fetch(
         self, grid: Grid, clients: list[int], node_of: dict[int, int], step: str = "weights"
@@ -224,7 +277,9 @@ class QKTStrategy:
         scores = self.resume_or_probe(grid, teachers, shape, num_classes)
         steps.update()
         steps.set_postfix_str("fetching experts")
+        start = time.perf_counter()
         masks, selection = wf.choose_experts(self.cfg, scores, tuple(query_classes))
+        self.seconds["mask"] = time.perf_counter() - start
         arrays = self.fetch(grid, selection.relevant, node_of)
         for _ in range(len(scores)):  # an expert that failed to send weights: re-select without it
             if set(selection.relevant) <= set(arrays):
@@ -251,6 +306,7 @@ class QKTStrategy:
             "fallbacks": selection.fallbacks,
             "metrics": metrics,
             "local_training": self.local_training(),
+            "probe_cost": self.probe_cost(),
             "dropped": self.dropped,
             "resumed": self.resumed,
             "bytes": self.bytes,

@@ -86,7 +86,9 @@ def test_resume_skips_finished_steps(deployment, tmp_path):
 def test_killed_supernode_mid_run(deployment, tmp_path):
     """Kill a teacher's SuperNode (its process tree, by pid) after training: QKT finishes with the others."""
     victim = NODES - 1  # the querying client is 0
-    run = deployment.submit(_overrides(tmp_path, "simulation.reply_timeout=120"), tmp_path / "out")
+    # a probe message of its own, so that the dead teacher is asked again whether or not it is an expert
+    extra = ("simulation.reply_timeout=120", "strategy.probe.with_training=false")
+    run = deployment.submit(_overrides(tmp_path, *extra), tmp_path / "out")
     steps_file = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and run.alive():

@@ -80,8 +80,9 @@ def _faulty_client_app(faults: dict[int, str], silence: float = 0.0) -> ClientAp
     """The product's handlers, except that some nodes misbehave: ``{client: fault}``.
 
     Faults: ``raise-probe`` / ``raise-weights`` (the handler raises), ``silent-probe`` (answers after
-    ``silence`` seconds, past the server's reply timeout), ``long-probe`` (C + 1 scores: another label space),
-    ``nan-weights`` (a diverged teacher).
+    ``silence`` seconds, past the server's reply timeout), ``long-probe`` (C + 1 scores: another label space,
+    in a probe reply or in the answer that comes with training), ``other-shape`` (the answer with training
+    claims another input shape), ``nan-weights`` (a diverged teacher).
     """
     import time
 
@@ -94,7 +95,13 @@ def _faulty_client_app(faults: dict[int, str], silence: float = 0.0) -> ClientAp
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return product.train(msg, context)
+        reply = product.train(msg, context)
+        answer = reply.content.metric_records.get(R.PROBE_SCORES)
+        if answer is not None and fault(context) == "long-probe":
+            answer["scores"] = [*answer["scores"], 0.0]
+        if answer is not None and fault(context) == "other-shape":
+            answer["shape"] = [3, 32, 32]
+        return reply
 
     @app.train("qkt")
     def qkt(msg: Message, context: Context) -> Message:
@@ -137,11 +144,12 @@ def _run_with_faults(tmp_path, faults: dict[int, str], extra=(), silence: float 
 
 
 def test_failing_nodes_do_not_stop_the_run(tmp_path):
-    cfg, _ = _config(["query.classes=[1]"])
+    extra = ["query.classes=[1]", "strategy.probe.with_training=false"]  # a probe message of its own
+    cfg, _ = _config(extra)
     experts = run_reference(cfg)["experts"][1]
     fail_weights = experts[0]  # an expert of the query class fails to send its weights
     fail_probe = next(k for k in range(1, 5) if k not in experts)
-    res = _run_with_faults(tmp_path, {fail_probe: "raise-probe", fail_weights: "raise-weights"}, ["query.classes=[1]"])
+    res = _run_with_faults(tmp_path, {fail_probe: "raise-probe", fail_weights: "raise-weights"}, extra)
     assert set(res["dropped"]) == {str(fail_probe), str(fail_weights)}
     assert "probe" in res["dropped"][str(fail_probe)] and "injected" in res["dropped"][str(fail_probe)]
     assert "weights" in res["dropped"][str(fail_weights)]
@@ -156,7 +164,8 @@ def test_invalid_and_silent_nodes_are_dropped_with_reasons(tmp_path):
     Client 4 never answers the probe in time, client 2 answers a probe of another label space, client 1
     (an expert) sends NaN weights: QKT finishes with client 3 alone, and says why each one was dropped.
     """
-    extra = ["query.classes=[1,3]", "query.num_classes=2", "simulation.reply_timeout=45"]
+    extra = ["query.classes=[1,3]", "query.num_classes=2", "simulation.reply_timeout=45",
+             "strategy.probe.with_training=false"]  # fmt: skip
     res = _run_with_faults(tmp_path, {4: "silent-probe", 2: "long-probe", 1: "nan-weights"}, extra, silence=55)
     assert set(res["dropped"]) == {"1", "2", "4"}, res["dropped"]
     assert res["dropped"]["4"].startswith("probe: no reply")
@@ -164,6 +173,25 @@ def test_invalid_and_silent_nodes_are_dropped_with_reasons(tmp_path):
     assert "weights: invalid reply: non-finite" in res["dropped"]["1"]
     assert res["experts"] == {"1": [3], "3": [3]}
     assert res["metrics"]["after.query_acc"] > res["metrics"]["before.query_acc"]
+
+
+def test_probe_answered_with_training(flower_run, tmp_path):
+    """The answers that come with training are checked like probe replies; one that probed another input
+    shape is asked again with a probe message; the scores equal those of a separate probe exactly.
+    """
+    res = _run_with_faults(tmp_path, {2: "long-probe", 3: "other-shape"})
+    assert set(res["dropped"]) == {"2"}, res["dropped"]
+    assert "probe: invalid reply: expected 10 scores" in res["dropped"]["2"]
+    assert res["probe"]["scores"]["3"] == flower_run["probe"]["scores"]["3"]  # asked again, same answer
+    assert res["probe_cost"]["probe_messages"] == 1 and flower_run["probe_cost"]["probe_messages"] == 0
+    shapeless = len(R.pack_probe(_config()[0], None).deflate())
+    assert flower_run["bytes"]["sent"]["probe"] == 5 * shapeless  # the spec, in each training message
+    cost = flower_run["probe_cost"]
+    assert cost["answers_with_training"] == 4 and cost["node_seconds_with_training"] > 0
+    assert flower_run["seconds"]["probe"] < 1.0  # no round trip: nothing but checking the answers
+    separate = _run_with_faults(tmp_path / "separate", {}, ["strategy.probe.with_training=false"])
+    assert separate["probe"]["scores"] == flower_run["probe"]["scores"]
+    assert separate["probe"]["masks"] == flower_run["probe"]["masks"]
 
 
 def test_records_round_trip():
