@@ -10,13 +10,17 @@ gap between them stays the teachers' contribution.
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import v2
 
 from qkt_flower.data.datasets import ImageDataset
 
 
-def shot_transform() -> v2.Compose:
-    """Mild geometric jitter that keeps the class of clothes, natural images and tissue patches."""
+def shot_transform():
+    """Mild geometric jitter that keeps the class of clothes, natural images and tissue patches.
+
+    torchvision is imported here, on the querying node only: its import costs every process ~1 s.
+    """
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))])
 
 

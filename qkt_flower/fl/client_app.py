@@ -7,6 +7,7 @@ it: replies carry a model's weights (teachers only, on request), C probe scores,
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, replace
 
@@ -85,6 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     """
     if R.FL_ARRAYS in msg.content.array_records:
         return federated_round(msg, context)
+    entered = time.time()  # wall clock: the server places this node's work on its own timeline (same machine)
     cfg = experiment(msg, context)
     fed = federation(cfg)
     k = partition_id(context)
@@ -96,7 +98,8 @@ def train(msg: Message, context: Context) -> Message:
     if R.PROBE_SPEC in msg.content.config_records and k != fed.scenario.client:  # the probe, answered right away
         records[R.PROBE_SCORES] = answer_probe(cfg, fed, model.eval(), msg.content.config_records[R.PROBE_SPEC])
     context.state[R.LOCAL_MODEL] = ArrayRecord(model.cpu().state_dict())
-    metrics = {"num-examples": n, "client": k, "train-seconds": seconds, "train-samples": samples}
+    metrics = {"num-examples": n, "client": k, "train-seconds": seconds, "train-samples": samples,
+               "handler-start": entered, "handler-end": time.time(), "pid": os.getpid()}  # fmt: skip
     if k == fed.scenario.client:  # the querying node announces its query (the server holds no data)
         metrics.update({"query-classes": list(fed.scenario.query_classes), "num-classes": fed.train.num_classes,
                         "input-shape": list(fed.train.input_shape)})  # fmt: skip

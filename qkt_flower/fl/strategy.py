@@ -65,6 +65,7 @@ class QKTStrategy:
         self.answers: dict[int, object] = {}  # client id -> its probe answer (MetricRecord), as it came
         self.asked = 0  # teachers sent a probe message of their own
         self.with_training_seconds: list[float] = []  # node compute of the answers that came with training
+        self.train_started: float | None = None  # wall clock when the training messages went out
 
     # -- messaging -----------------------------------------------------------------------------------
     def _exchange(self, grid: Grid, step: str, messages: list[Message]) -> list[Message]:
@@ -125,6 +126,7 @@ class QKTStrategy:
         node_ids, probe = list(node_ids), {}
         if self.cfg.strategy.probe.with_training:
             probe = {R.PROBE_SPEC: R.pack_probe(self.cfg, None)}
+        self.train_started = time.time()
         replies = self._exchange(grid, "train", [self._message(n, R.TRAIN, **probe) for n in node_ids])
         if probe:  # the probe's bytes are the probe step's, wherever they travel
             self._move_bytes("sent", "train", "probe", len(node_ids) * len(probe[R.PROBE_SPEC].deflate()))
@@ -227,12 +229,32 @@ class QKTStrategy:
         return dict(replies[0].content.metric_records[R.METRICS]) if replies else None
 
     def local_training(self) -> dict:
-        """Step 0 as the nodes measured it: samples pushed through and seconds inside their handlers."""
-        return {
+        """Step 0 as the nodes measured it, and where the rest of the train step's wall time went.
+
+        Samples pushed through and seconds inside the training loops; then, from the handlers' wall
+        clocks (comparable on one machine: simulation), the wait for the first handler (process start-up),
+        the seconds inside handlers, the gaps between one process's handlers, the tail after the last one.
+        """
+        info = self.info.values()
+        out = {
             "clients": len(self.info),
-            "samples": int(sum(i.get("train-samples", 0) for i in self.info.values())),
-            "client_seconds": float(sum(i.get("train-seconds", 0.0) for i in self.info.values())),
+            "samples": int(sum(i.get("train-samples", 0) for i in info)),
+            "client_seconds": float(sum(i.get("train-seconds", 0.0) for i in info)),
         }
+        spans = [(i["pid"], i["handler-start"], i["handler-end"]) for i in info if "handler-start" in i]
+        if spans and self.train_started is not None:
+            by_process: dict[int, list[tuple[float, float]]] = {}
+            for pid, start, end in spans:
+                by_process.setdefault(int(pid), []).append((float(start), float(end)))
+            gaps = [b[0] - a[1] for s in by_process.values() for a, b in zip(sorted(s), sorted(s)[1:], strict=False)]
+            out.update({
+                "processes": len(by_process),
+                "first_handler_after_s": min(s for _, s, _ in spans) - self.train_started,
+                "handler_seconds": float(sum(e - s for _, s, e in spans)),
+                "between_handlers_s": float(sum(gaps)),
+                "after_last_handler_s": self.train_started + self.seconds.get("train", 0.0) - max(e for *_, e in spans),
+            })  # fmt: skip
+        return out
 
     def resume_or_probe(self, grid: Grid, teachers: dict[int, int], shape, num_classes: int) -> dict:
         """The probe step, or its scores from the checkpoint (for the teachers that trained this time)."""

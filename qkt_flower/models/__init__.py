@@ -13,14 +13,25 @@ from torch import nn
 
 from qkt_flower.errors import ConfigError
 from qkt_flower.models.cnn import SmallCNN
-from qkt_flower.models.resnet import resnet10, resnet18
 
 __all__ = ["MODELS", "build_model", "SmallCNN"]
 
+
+def _resnet(depth: int) -> Callable[..., nn.Module]:
+    """The ResNet builder, imported on first use: torchvision's import costs every process ~1 s."""
+
+    def build(**kwargs) -> nn.Module:
+        from qkt_flower.models import resnet
+
+        return getattr(resnet, f"resnet{depth}")(**kwargs)
+
+    return build
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn": SmallCNN,
-    "resnet10": resnet10,
-    "resnet18": resnet18,
+    "resnet10": _resnet(10),
+    "resnet18": _resnet(18),
 }
 
 

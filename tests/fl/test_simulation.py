@@ -67,6 +67,10 @@ def test_simulation_agrees_with_reference(flower_run):
     assert lt["clients"] == 5
     assert lt["samples"] == cfg.local.epochs * sum(sum(c) for c in ref["class_counts"].values())
     assert lt["client_seconds"] > 0
+    # where the train step's wall time went: the handlers contain the training loops, nothing is negative
+    assert 1 <= lt["processes"] <= 5 and lt["handler_seconds"] >= lt["client_seconds"]
+    assert min(lt["first_handler_after_s"], lt["between_handlers_s"], lt["after_last_handler_s"]) >= 0
+    assert lt["handler_seconds"] / lt["processes"] <= flower_run["seconds"]["train"]
 
 
 def test_querying_node_never_sends_data(flower_run):
