@@ -16,7 +16,10 @@ def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]], weights: lis
     out = {}
     for key, first in state_dicts[0].items():
         if first.is_floating_point():
-            out[key] = sum(sd[key].float() * (w / total) for sd, w in zip(state_dicts, weights, strict=True))
+            # on the first's device: a node may hold its own model on the CPU and the teachers on the GPU
+            out[key] = sum(
+                sd[key].to(first.device).float() * (w / total) for sd, w in zip(state_dicts, weights, strict=True)
+            )
             out[key] = out[key].to(first.dtype)
         else:
             out[key] = first.clone()

@@ -22,6 +22,14 @@ def test_weighted_average_by_sample_counts():
         average_state_dicts([a], [0])
 
 
+def test_average_of_state_dicts_on_different_devices():
+    """FedDF averages the teachers (moved to the GPU) with the node's own model (on the CPU): the result is
+    on the first one's device. The meta device stands in for a GPU here (it fails the same way without the move).
+    """
+    out = average_state_dicts([{"w": torch.ones(2, device="meta")}, {"w": torch.ones(2)}], [1, 1])
+    assert out["w"].device.type == "meta" and out["w"].shape == (2,)
+
+
 def test_logit_ensemble_is_the_mean_of_its_members():
     torch.manual_seed(0)
     members = [nn.Linear(3, 4) for _ in range(3)]
