@@ -70,9 +70,14 @@ class TrainConfig:
 
 @dataclass
 class LocalConfig(TrainConfig):
-    """Step 0 (every client's own training) and where to cache its models."""
+    """Step 0 (every client's own training) and where to cache its models.
+
+    ``outlier_exposure``: weight of a term that pulls the model's answer on patch-shuffled copies of its
+    own images towards uniform (teachers less sure on what they never saw; 0 = plain cross-entropy).
+    """
 
     cache_dir: str | None
+    outlier_exposure: float = 0.0
 
 
 @dataclass
@@ -320,6 +325,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(not cfg.resume or bool(cfg.checkpoint_dir), "resume", cfg.resume,
            "false unless checkpoint_dir is set (that is where the finished steps are)")  # fmt: skip
     _check_train("local", cfg.local)
+    _check(cfg.local.outlier_exposure >= 0, "local.outlier_exposure", cfg.local.outlier_exposure, "a float >= 0")
     _check_train("strategy.phase1", s.phase1)
     _check_train("strategy.phase2", s.phase2)
     _check(s.mode in MODES, "strategy.mode", s.mode, f"one of {list(MODES)}")

@@ -73,6 +73,8 @@ def client_seed(seed: int, client: int) -> int:
 def local_model_key(cfg: ExperimentConfig) -> str:
     """Hash of everything that determines the local models (data, partition, query cut, model, step 0, seed)."""
     local = {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
+    if not local["outlier_exposure"]:  # off: the key of the models trained before the option existed
+        del local["outlier_exposure"]
     parts = [asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), asdict(cfg.model), local, cfg.seed]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -101,6 +103,7 @@ def train_client(cfg: ExperimentConfig, fed: Federation, client: int, device: to
             device=device,
             progress=cfg.progress,
             desc=f"client {client}",
+            outlier_exposure=local.outlier_exposure,
         )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

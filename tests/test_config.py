@@ -28,6 +28,7 @@ from qkt_flower.errors import ConfigError
         ("strategy.synthesis.per_class=-1", "strategy.synthesis.per_class"),
         ("strategy.augment_shots=-2", "strategy.augment_shots"),
         ("strategy.kd.weighting=loudest", "strategy.kd.weighting"),
+        ("local.outlier_exposure=-0.5", "local.outlier_exposure"),
     ],
 )
 def test_bad_values_raise_config_error(override, key):

@@ -166,3 +166,49 @@ def test_controls_and_baselines_get_qkts_whole_network_budget():
     assert (joint.epochs, joint.batch_size, joint.optim) == (7, 64, phase1.optim)
     for mode in ("two-phase", "phase1", "light"):
         assert QKTSpec(mode, phase1, phase2).whole_network_budget() == phase1
+
+
+def test_shuffled_patches_permutes_whole_patches_reproducibly():
+    from qkt_flower.qkt.local import shuffled_patches
+
+    x = torch.arange(2 * 1 * 8 * 9, dtype=torch.float32).reshape(2, 1, 8, 9)  # 9 columns: the last is cropped
+    out = shuffled_patches(x, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 8, 8)
+    corners = [(r, c) for r in range(0, 8, 2) for c in range(0, 8, 2)]
+    for i in range(2):  # the same 16 patches of 2 x 2 pixels, in another order
+        patches = {tuple(x[i, 0, r : r + 2, c : c + 2].flatten().tolist()) for r, c in corners}
+        assert {tuple(out[i, 0, r : r + 2, c : c + 2].flatten().tolist()) for r, c in corners} == patches
+    assert not torch.equal(out, x[..., :8])
+    assert torch.equal(out, shuffled_patches(x, torch.Generator().manual_seed(0)))
+
+
+def test_outlier_exposure_makes_the_model_unsure_on_shuffled_images_only():
+    """Two classes told apart by layout (left vs top half bright): shuffling the patches destroys it.
+
+    With outlier exposure the model stays right on the images and answers near-uniform on shuffled copies;
+    without it, it is sure of one class on them too.
+    """
+    from qkt_flower.qkt.local import shuffled_patches, train_local
+
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(96, 1, 8, 8, generator=gen) * 60).to(torch.uint8)
+    labels = torch.tensor([0, 1] * 48)
+    images[labels == 0, :, :, :4] += 180
+    images[labels == 1, :, :4, :] += 180
+    data = ImageDataset(images, labels, ("left", "top"), (0.5,), (0.25,))
+    x = (images.float() / 255 - 0.5) / 0.25
+    shuffled = shuffled_patches(x, torch.Generator().manual_seed(1))
+
+    def confidence(weight: float) -> tuple[float, float]:
+        model = SmallCNN(1, 2, image_size=8)
+        history = train_local(model, data, 8, 32, OptimSpec("adam", 3e-3), seed=0, outlier_exposure=weight)
+        assert ("oe" in history[-1]) == (weight > 0)
+        model.eval()
+        with torch.no_grad():
+            accuracy = float((model(x).argmax(-1) == labels).float().mean())
+            sure = float(torch.softmax(model(shuffled), -1).max(-1).values.mean())
+        return accuracy, sure
+
+    plain, exposed = confidence(0.0), confidence(1.0)
+    assert plain[0] > 0.95 and exposed[0] > 0.95
+    assert exposed[1] < 0.7 and exposed[1] < plain[1] - 0.1, (plain, exposed)
