@@ -62,7 +62,7 @@ class QKTStrategy:
         self.info: dict[int, dict] = {}  # client id -> its train reply (num-classes, input-shape, query-classes)
         self.node_of: dict[int, int] = {}  # client id -> node id, of the nodes that trained
         self.expected_shapes: dict[str, torch.Size] = {}  # the agreed model's tensors, to check weights against
-        self.answers: dict[int, object] = {}  # client id -> its probe answer (MetricRecord), as it came
+        self.answers: dict[int, object] = {}  # client id -> its probe answer that came with training
         self.asked = 0  # teachers sent a probe message of their own
         self.with_training_seconds: list[float] = []  # node compute of the answers that came with training
         self.train_started: float | None = None  # wall clock when the training messages went out
@@ -166,11 +166,9 @@ class QKTStrategy:
         if ask:
             spec = R.pack_probe(self.cfg, shape)
             for r in self._exchange(grid, "probe", [self._message(n, R.PROBE, **{R.PROBE_SPEC: spec}) for n in ask]):
-                k = self.client_of[r.metadata.src_node_id]
                 answer = r.content.metric_records.get(R.PROBE_SCORES)
-                self.answers[k] = answer
                 if (reply := self._valid_scores(r.metadata.src_node_id, answer, num_classes)) is not None:
-                    scores[k] = reply
+                    scores[self.client_of[r.metadata.src_node_id]] = reply
         return scores
 
     def _valid_scores(self, node_id: int, answer, num_classes: int) -> torch.Tensor | None:
@@ -246,7 +244,8 @@ class QKTStrategy:
             by_process: dict[int, list[tuple[float, float]]] = {}
             for pid, start, end in spans:
                 by_process.setdefault(int(pid), []).append((float(start), float(end)))
-            gaps = [b[0] - a[1] for s in by_process.values() for a, b in zip(sorted(s), sorted(s)[1:], strict=False)]
+            ordered = [sorted(s) for s in by_process.values()]
+            gaps = [b[0] - a[1] for s in ordered for a, b in zip(s, s[1:], strict=False)]
             out.update({
                 "processes": len(by_process),
                 "first_handler_after_s": min(s for _, s, _ in spans) - self.train_started,
