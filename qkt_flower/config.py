@@ -82,11 +82,12 @@ class LocalConfig(TrainConfig):
 
 @dataclass
 class Phase1Config(TrainConfig):
-    """Phase 1: weight of L_query and class-balanced sampling."""
+    """Phase 1: weight of L_query, class-balanced sampling, samples per epoch (null = the transfer set's size)."""
 
     beta: float
     balanced: bool
     balance_over: str
+    epoch_samples: int | None
 
 
 @dataclass
@@ -363,6 +364,8 @@ def validate(cfg: ExperimentConfig) -> None:
         _check(phase.balance_over in ("task", "present"), f"strategy.{key}.balance_over", phase.balance_over,
                "task (balance query + local classes) or present (every class present)")  # fmt: skip
         _check(phase.beta >= 0, f"strategy.{key}.beta", phase.beta, "a float >= 0")
+        _check(phase.epoch_samples is None or phase.epoch_samples >= 1, f"strategy.{key}.epoch_samples",
+               phase.epoch_samples, "null (the transfer set's size) or an integer >= 1")  # fmt: skip
         strength = phase.beta * s.kd.temperature**2
         _check(
             strength < 80,
@@ -453,7 +456,7 @@ def qkt_spec(s: StrategyConfig):
 
     def phase(p: Phase1Config, gamma: float = 0.0) -> PhaseSpec:
         return PhaseSpec(p.epochs, p.batch_size, optim_spec(p), beta=p.beta, gamma=gamma, balanced=p.balanced,
-                         balance_over=p.balance_over)  # fmt: skip
+                         balance_over=p.balance_over, epoch_samples=p.epoch_samples)  # fmt: skip
 
     return QKTSpec(
         mode=s.mode,

@@ -47,6 +47,7 @@ from qkt_flower.results import mean_std, write_csv
 CAL = "strategy.calibration."
 NO_AUG = "strategy.augment_shots=0"
 TWO = "strategy.mode=two-phase"
+FIXED_EPOCH = ["strategy.phase1.epoch_samples=320", "strategy.phase2.epoch_samples=320"]  # ~ the 300/class transfer set
 VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines are handled apart)
     "QKT (default)": [],  # joint phase + augmented shots + consistent KD + calibration 5 % (chosen from this grid)
     "QKT, two phases (previous default)": [TWO, CAL + "max_false_query=0.02"],
@@ -57,6 +58,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
         "strategy.kd.consistent=false",
         CAL + "max_false_query=0.02",
     ],
+    "QKT, 320 samples per epoch": FIXED_EPOCH,  # steps independent of the client's data size
     "QKT, no augmentation": [NO_AUG],
     "QKT, no consistent KD": ["strategy.kd.consistent=false"],
     "QKT, no calibration": [CAL + "max_false_query=null"],
@@ -80,6 +82,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "balanced-CE control, calibration 2 %": [CAL + "max_false_query=0.02"],
     "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [TWO, CAL + "max_false_query=0.02"],
     "balanced-CE control, no augmentation": [NO_AUG],
+    "balanced-CE control, 320 samples per epoch": FIXED_EPOCH,
     "balanced-CE control, no augmentation, no calibration": [NO_AUG, CAL + "max_false_query=null"],
 }
 GRID = [  # what the default grid runs (every name of VARIANTS can be asked for with --variants)

@@ -29,6 +29,7 @@ from qkt_flower.errors import ConfigError
         ("strategy.augment_shots=-2", "strategy.augment_shots"),
         ("strategy.kd.weighting=loudest", "strategy.kd.weighting"),
         ("local.outlier_exposure=-0.5", "local.outlier_exposure"),
+        ("strategy.phase2.epoch_samples=0", "strategy.phase2.epoch_samples"),
     ],
 )
 def test_bad_values_raise_config_error(override, key):

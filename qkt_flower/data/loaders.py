@@ -75,6 +75,10 @@ class Batches:
         query shots weigh as much as a local class.
     balance_classes
         Balance only these classes (see :func:`balanced_weights`); ``None`` = every present class.
+    epoch_samples
+        Samples per epoch (``None`` = as many as there are). Fixed, it makes an epoch's length
+        independent of how much data the client holds (shuffled: successive permutations, so every
+        sample is seen before any is repeated; balanced: that many class-balanced draws).
     """
 
     def __init__(
@@ -89,9 +93,13 @@ class Batches:
         generator: torch.Generator | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
+        epoch_samples: int | None = None,
     ) -> None:
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
+        if epoch_samples is not None and epoch_samples < 1:
+            raise ValueError(f"epoch_samples must be None or >= 1, got {epoch_samples}")
+        self.epoch_samples = epoch_samples
         self.inputs, self.labels = inputs, labels
         self.batch_size = batch_size
         self.shuffle, self.balanced = shuffle, balanced
@@ -100,16 +108,21 @@ class Batches:
         self.device = torch.device(device)
         self._weights = balanced_weights(labels, balance_classes) if balanced and labels.numel() else None
 
+    def _epoch_size(self) -> int:
+        n = self.labels.shape[0]
+        return n if self.epoch_samples is None or n == 0 else self.epoch_samples
+
     def __len__(self) -> int:
-        return (self.labels.shape[0] + self.batch_size - 1) // self.batch_size
+        return (self._epoch_size() + self.batch_size - 1) // self.batch_size
 
     def _order(self) -> torch.Tensor:
-        n = self.labels.shape[0]
+        n, size = self.labels.shape[0], self._epoch_size()
         if self._weights is not None:
-            return torch.multinomial(self._weights, n, replacement=True, generator=self.generator)
+            return torch.multinomial(self._weights, size, replacement=True, generator=self.generator)
+        passes = -(-size // n) if n else 1
         if self.shuffle:
-            return torch.randperm(n, generator=self.generator)
-        return torch.arange(n)
+            return torch.cat([torch.randperm(n, generator=self.generator) for _ in range(passes)])[:size]
+        return torch.arange(n).repeat(passes)[:size]
 
     def __iter__(self) -> Iterator[Batch]:
         order = self._order()
