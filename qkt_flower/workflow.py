@@ -26,7 +26,7 @@ from qkt_flower.qkt.engine import mixed_precision
 from qkt_flower.qkt.local import train_local
 from qkt_flower.qkt.mask import ExpertSelection, expert_mask, select_experts
 from qkt_flower.qkt.phases import Expert, QueryTask, balanced_finetune, query_learning
-from qkt_flower.qkt.probe import make_probe, probe_scores
+from qkt_flower.qkt.probe import probe_answer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,8 +129,8 @@ def samples_to_train(cfg: ExperimentConfig, client: int, n: int) -> int:
 def answer_probe(cfg: ExperimentConfig, model: nn.Module, input_shape: tuple[int, ...], device) -> torch.Tensor:
     """A teacher's probe reply: mean softmax over the noise regenerated from the probe's seed."""
     p = cfg.strategy.probe
-    noise = make_probe(tuple(input_shape), p.n, p.seed, p.kind)
-    return probe_scores(model, noise, p.temperature, p.standardize, p.batch_size, device)
+    return probe_answer(model, tuple(input_shape), p.n, p.seed, p.kind, p.temperature, p.standardize, p.batch_size,
+                        device)  # fmt: skip
 
 
 def masks_from_scores(cfg: ExperimentConfig, scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

@@ -22,7 +22,7 @@ from qkt_flower.fl import records as R
 from qkt_flower.models import build_model
 from qkt_flower.qkt.evaluate import evaluate_view
 from qkt_flower.qkt.phases import Expert
-from qkt_flower.qkt.probe import make_probe, probe_scores
+from qkt_flower.qkt.probe import probe_answer
 
 app = ClientApp()
 
@@ -113,11 +113,10 @@ def answer_probe(cfg: ExperimentConfig, fed: Federation, model: torch.nn.Module,
     """
     start = time.perf_counter()
     shape = tuple(int(v) for v in spec["shape"]) or tuple(fed.train.input_shape)
-    noise = make_probe(shape, int(spec["n"]), int(spec["seed"]), str(spec["kind"]))
-    temperature, standardize = float(spec["temperature"]), bool(spec["standardize"])
     batch_size = cfg.strategy.probe.batch_size  # local compute, not part of the probe's wire spec
-    device = wf.resolve_device(cfg.device)
-    scores = probe_scores(model.to(device), noise, temperature, standardize, batch_size, device)
+    scores = probe_answer(model, shape, int(spec["n"]), int(spec["seed"]), str(spec["kind"]),
+                          float(spec["temperature"]), bool(spec["standardize"]), batch_size,
+                          wf.resolve_device(cfg.device))  # fmt: skip
     return R.pack_probe_reply(scores, shape, time.perf_counter() - start)
 
 

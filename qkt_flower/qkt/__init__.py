@@ -8,7 +8,7 @@ from qkt_flower.qkt.evaluate import accuracy_report, evaluate_view
 from qkt_flower.qkt.local import train_local
 from qkt_flower.qkt.mask import MASK_RULES, ExpertSelection, expert_mask, mask_quality, select_experts
 from qkt_flower.qkt.phases import MODES, Expert, PhaseSpec, QKTSpec, QueryTask, balanced_finetune, query_learning
-from qkt_flower.qkt.probe import NOISE_KINDS, check_probe_reply, make_probe, probe_scores
+from qkt_flower.qkt.probe import NOISE_KINDS, check_probe_reply, make_probe, probe_answer, probe_scores
 
 __all__ = [
     "OptimSpec",
@@ -32,5 +32,6 @@ __all__ = [
     "NOISE_KINDS",
     "check_probe_reply",
     "make_probe",
+    "probe_answer",
     "probe_scores",
 ]

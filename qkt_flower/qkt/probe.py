@@ -2,7 +2,8 @@
 
 Trained classifiers are over-confident: fed noise, they put most of their probability mass on
 classes they saw. The server sends only ``(seed, shape, count, kind)``; each teacher regenerates the
-same noise with :func:`make_probe` and answers its mean softmax (C floats) via :func:`probe_scores`.
+same noise with :func:`make_probe` and answers its mean softmax (C floats) via :func:`probe_scores`;
+:func:`probe_answer` does both.
 """
 
 from __future__ import annotations
@@ -58,6 +59,26 @@ def probe_scores(
         probs = torch.softmax(logits / temperature, dim=-1).sum(dim=0)
         total = probs if total is None else total + probs
     return (total / probe.shape[0]).cpu()
+
+
+def probe_answer(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    n: int,
+    seed: int,
+    kind: str = "gaussian",
+    temperature: float = 10.0,
+    standardize: bool = False,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """A teacher's answer to the probe ``(shape, n, seed, kind)``: it regenerates the noise and scores it.
+
+    The one path for every teacher (a Flower node from the wire spec, the reference runner from the
+    config), so both answer bit for bit the same; ``model`` is moved to ``device``.
+    """
+    noise = make_probe(tuple(shape), n, seed, kind)
+    return probe_scores(model.to(device), noise, temperature, standardize, batch_size, device)
 
 
 def check_probe_reply(scores: object, num_classes: int, atol: float = 1e-3) -> str | None:
