@@ -85,8 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         rows += part
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "local model"))
     missing = cells_complete(rows, methods)
-    if missing:
-        raise SystemExit(f"error: not run on every cell: {missing} (run them, or leave their folders out)")
+    if set(missing) & set(args.candidates):
+        raise SystemExit(f"error: candidates not run on every cell: {sorted(set(missing) & set(args.candidates))}")
+    methods = [m for m in methods if m not in missing]
+    rows = [r for r in rows if r["method"] not in missing]
+    note = f"Left out (not run on every cell): {', '.join(missing)}.\n\n" if missing else ""
     summary = summarize(rows, keys=("size", "partition", "method"))
     splits = list(dict.fromkeys(r["partition"] for r in rows))
     columns = [(s, p) for s in sizes for p in splits]
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     text = (
         f"Query / local (mean(q,l), Δlocal) per (images per class, split); seeds {seed_text}, {n} cells.\n\n"
         + "\n".join(lines)
-        + f"\n\nSelection rule: {winner or 'none'} — {why}.\n"
+        + f"\n\n{note}Selection rule: {winner or 'none'} — {why}.\n"
     )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ ABLATIONS = {
     "calibration on 20 % hold-out": ["strategy.calibration.holdout=0.2"],
     "no consistent KD": ["strategy.kd.consistent=false"],
     "no augmented shots": ["strategy.augment_shots=0"],
+    "epochs over the transfer set": ["strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null"],
     "shot-weighted experts": ["strategy.kd.weighting=shots"],
     "expert-labelled mixes": ["strategy.mix.weight=1.0"],
     "balance every present class": ["strategy.phase1.balance_over=present", "strategy.phase2.balance_over=present"],

@@ -56,3 +56,8 @@ def test_a_lead_within_the_tie_keeps_the_incumbent_and_missing_cells_are_refused
     _rows(tmp_path / "h2", {B: (70.0, 90.0)}, seeds=(0,))
     with pytest.raises(SystemExit, match="not run on every cell"):
         _run(tmp_path, f"300={tmp_path / 'h'},{tmp_path / 'h2'}")
+    _rows(tmp_path / "h3", {"balanced-CE control": (50.0, 90.0)}, seeds=(0,))  # not a candidate: left out, said so
+    _rows(tmp_path / "h4", {A: (60.0, 90.0), B: (70.0, 90.0), C: (10.0, 90.0)})
+    got = _run(tmp_path, f"300={tmp_path / 'h4'},{tmp_path / 'h3'}")
+    assert got["winner"] == B and "balanced-CE control" not in got["tables"]
+    assert "Left out (not run on every cell): balanced-CE control" in (tmp_path / "out" / "table.md").read_text()
