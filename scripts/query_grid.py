@@ -47,18 +47,23 @@ from qkt_flower.results import mean_std, write_csv
 CAL = "strategy.calibration."
 NO_AUG = "strategy.augment_shots=0"
 TWO = "strategy.mode=two-phase"
-FIXED_EPOCH = ["strategy.phase1.epoch_samples=320", "strategy.phase2.epoch_samples=320"]  # ~ the 300/class transfer set
+FIXED_EPOCH = ["strategy.phase1.epoch_samples=320", "strategy.phase2.epoch_samples=320"]  # today's default
+DATA_EPOCH = ["strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null"]  # one pass over q's data
 VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines are handled apart)
-    "QKT (default)": [],  # joint phase + augmented shots + consistent KD + calibration 5 % (chosen from this grid)
-    "QKT, two phases (previous default)": [TWO, CAL + "max_false_query=0.02"],
+    # joint phase + augmented shots + consistent KD + calibration 5 % (chosen from this grid) + 320 samples per
+    # epoch (chosen on the data-size grid, results/query_grid_data_size.md)
+    "QKT (default)": [],
+    "QKT, two phases (previous default)": [TWO, CAL + "max_false_query=0.02", *DATA_EPOCH],
     "QKT, two phases, calibration 5 %": [TWO],
-    "QKT, paper recipe (two phases, no augmentation, no consistent KD)": [
+    "QKT, paper recipe (two phases, no augmentation, no consistent KD)": [  # the paper's epochs: passes over the data
         TWO,
         NO_AUG,
         "strategy.kd.consistent=false",
         CAL + "max_false_query=0.02",
+        *DATA_EPOCH,
     ],
-    "QKT, 320 samples per epoch": FIXED_EPOCH,  # steps independent of the client's data size
+    "QKT, 320 samples per epoch": FIXED_EPOCH,  # = today's default, by name (the data-size grid's rows use it)
+    "QKT, epochs over the transfer set (previous default)": DATA_EPOCH,  # steps grow with the client's data
     "QKT, no augmentation": [NO_AUG],
     "QKT, no consistent KD": ["strategy.kd.consistent=false"],
     "QKT, no calibration": [CAL + "max_false_query=null"],
@@ -77,12 +82,17 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     ],
     "QKT Light": ["strategy.mode=light"],
     # the control trains for QKT's whole-network epochs (joint: phase 1's + phase 2's; two phases: phase 1's)
-    "balanced-CE control": [],  # augmented shots + calibration 5 %, QKT's default budget (7 epochs)
+    "balanced-CE control": [],  # augmented shots + calibration 5 %, QKT's default budget (7 epochs of 320 draws)
     "balanced-CE control, no calibration": [CAL + "max_false_query=null"],
     "balanced-CE control, calibration 2 %": [CAL + "max_false_query=0.02"],
-    "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [TWO, CAL + "max_false_query=0.02"],
+    "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [
+        TWO,
+        CAL + "max_false_query=0.02",
+        *DATA_EPOCH,
+    ],
     "balanced-CE control, no augmentation": [NO_AUG],
     "balanced-CE control, 320 samples per epoch": FIXED_EPOCH,
+    "balanced-CE control, epochs over the transfer set": DATA_EPOCH,
     "balanced-CE control, no augmentation, no calibration": [NO_AUG, CAL + "max_false_query=null"],
 }
 GRID = [  # what the default grid runs (every name of VARIANTS can be asked for with --variants)
@@ -90,6 +100,7 @@ GRID = [  # what the default grid runs (every name of VARIANTS can be asked for 
     "QKT, two phases (previous default)",
     "QKT, two phases, calibration 5 %",
     "QKT, paper recipe (two phases, no augmentation, no consistent KD)",
+    "QKT, epochs over the transfer set (previous default)",
     "QKT, no augmentation",
     "QKT, no consistent KD",
     "QKT, no calibration",
