@@ -22,28 +22,36 @@ def small_run():
 
 
 def test_qkt_learns_the_query_class(small_run):
-    """On 300 samples per class the query (coat) has a look-alike among q's local classes (shirt); the
-    default calibration buys local accuracy back with query accuracy (see README): a net gain, local kept
-    up to the share of its local images the calibration lets be called the query class (5 %), plus one point."""
+    """On 300 samples per class the query (coat) has a look-alike among q's local classes (shirt): a net gain,
+    local kept up to the share of its local images the calibration lets be called the query class (5 %), plus
+    one point."""
     before, after = small_run["before"], small_run["after"]
     allowed = load_config(SMALL).strategy.calibration.max_false_query
     assert before["query_acc"] < 0.2  # q has 5 shots of the query class: its local model barely knows it
     assert after["query_acc"] > before["query_acc"] + 0.15
     assert after["local_acc"] >= before["local_acc"] - allowed - 0.01
     assert after["mean_acc"] > before["mean_acc"] + 0.05
-    assert small_run["calibration_shift"] > 0  # the calibration did act here
+
+
+# Seven passes over the transfer set (the budget before epoch_samples): on this cell, uncalibrated, q calls many of
+# its shirts and T-shirts "coat" (README, interference grid); with today's 320 draws per epoch the calibration
+# has nothing to correct here (shift 0), so its ablation runs on the budget where it acts.
+DATA_EPOCHS = [*SMALL, "strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null",
+               "strategy.control=false"]  # fmt: skip
 
 
 def test_without_calibration_the_query_is_learnt_at_a_local_cost(small_run):
     """The ablation that shows why calibration is on: more query accuracy, local accuracy lost to the look-alike."""
-    raw = run_reference(load_config([*SMALL, "strategy.calibration.max_false_query=null", "strategy.control=false"]))
-    assert raw["before"] == small_run["before"]  # same local model
+    calibrated = run_reference(load_config(DATA_EPOCHS))
+    raw = run_reference(load_config([*DATA_EPOCHS, "strategy.calibration.max_false_query=null"]))
+    assert raw["before"] == calibrated["before"] == small_run["before"]  # same local model
     allowed = load_config(SMALL).strategy.calibration.max_false_query
-    assert raw["after"]["query_acc"] > small_run["after"]["query_acc"] + 0.1
-    assert raw["after"]["local_acc"] < small_run["after"]["local_acc"] - 0.05
-    # uncalibrated, local accuracy falls further than the calibration's tolerance allows (see the test above)
+    assert calibrated["calibration_shift"] > 0 and raw["calibration_shift"] == 0.0
+    assert calibrated["after"]["local_acc"] >= calibrated["before"]["local_acc"] - allowed - 0.01
+    assert raw["after"]["query_acc"] > calibrated["after"]["query_acc"] + 0.1
+    assert raw["after"]["local_acc"] < calibrated["after"]["local_acc"] - 0.05
+    # uncalibrated, local accuracy falls further than the calibration's tolerance allows
     assert raw["after"]["local_acc"] < raw["before"]["local_acc"] - allowed - 0.01
-    assert raw["calibration_shift"] == 0.0
     assert set(small_run["query_classes"]).isdisjoint(small_run["local_classes"])
 
 
@@ -85,13 +93,14 @@ def test_cli_writes_results_and_resolved_config(tmp_path):
 def test_full_data_paper_recipe_meets_the_claim():
     """The paper recipe on all of Fashion-MNIST: a large query gain at a small local cost.
 
-    The paper recipe = the paper's two phases, calibration 2 %, no augmented shots, no consistent KD (the
-    grid's "QKT, paper recipe" row). The small-data defaults chosen on the interference grid reached a 36.4-point
-    gain on this seed (two-phase default, CI stop 13), not > 50: whether they hold on full data is open
-    (README, issue 5).
+    The paper recipe = the paper's two phases with epochs over the data, calibration 2 %, no augmented shots, no
+    consistent KD (the grid's "QKT, paper recipe" row). This cell (coat for a T-shirt/shirt client) is the
+    look-alike case where the paper recipe is far ahead of today's default (72.0 vs 45.9 % query accuracy on the
+    data-size grid; the default leads on average over sizes, README).
     """
     recipe = ["strategy.mode=two-phase", "strategy.calibration.max_false_query=0.02", "strategy.augment_shots=0",
-              "strategy.kd.consistent=false"]  # fmt: skip
+              "strategy.kd.consistent=false", "strategy.phase1.epoch_samples=null",
+              "strategy.phase2.epoch_samples=null"]  # fmt: skip
     r = run_reference(load_config(["progress=false", *recipe]))
     assert r["after"]["query_acc"] - r["before"]["query_acc"] > 0.5
     assert r["after"]["local_acc"] >= r["before"]["local_acc"] - 0.04
