@@ -46,12 +46,16 @@ def load_rows(spec: str, seeds: set[int] | None) -> tuple[str, list[dict]]:
     return size, list(merged.values())
 
 
-def cells_complete(rows: list[dict], methods: list[str]) -> list[str]:
+def _cell(r: dict) -> tuple:
+    return r["size"], r["partition"], r["seed"], r["query"]
+
+
+def incomplete_methods(rows: list[dict], methods: list[str]) -> list[str]:
     """Methods missing from some (size, split) cell another method has: their means would not be comparable."""
-    cells = {(r["size"], r["partition"], r["seed"], r["query"]) for r in rows}
+    cells = {_cell(r) for r in rows}
     have: dict[str, set] = {}
     for r in rows:
-        have.setdefault(r["method"], set()).add((r["size"], r["partition"], r["seed"], r["query"]))
+        have.setdefault(r["method"], set()).add(_cell(r))
     return [m for m in methods if have.get(m, set()) != cells]
 
 
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes.append(size)
         rows += part
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "local model"))
-    missing = cells_complete(rows, methods)
+    missing = incomplete_methods(rows, methods)
     if set(missing) & set(args.candidates):
         raise SystemExit(f"error: candidates not run on every cell: {sorted(set(missing) & set(args.candidates))}")
     methods = [m for m in methods if m not in missing]
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         text = [f"{c['query_acc']:.1f} / {c['local_acc']:.1f} ({c['mean_acc']:.1f}, Δl {c['local_delta']:+.1f})"
                 for c in cells]  # fmt: skip
         lines.append(f"| {m} | " + " | ".join(text) + f" | {tables[m]['mean']:.1f} |")
-    n = len({(r["size"], r["partition"], r["seed"], r["query"]) for r in rows})
+    n = len({_cell(r) for r in rows})
     seed_text = sorted({r["seed"] for r in rows})
     text = (
         f"Query / local (mean(q,l), Δlocal) per (images per class, split); seeds {seed_text}, {n} cells.\n\n"

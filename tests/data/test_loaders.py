@@ -3,19 +3,22 @@
 import pytest
 import torch
 
-from qkt_flower.data.loaders import Batches
+from qkt_flower.data.loaders import Batches, balanced_weights
 
 
 def _drawn(batches: Batches) -> torch.Tensor:
     return torch.cat([b.idx for b in batches])
 
 
-def test_default_epoch_is_one_pass_and_fixed_epochs_do_not_change_it():
+def test_default_epoch_is_the_single_pass_it_was_before_the_option():
     x, y = torch.arange(10), torch.tensor([0] * 8 + [1] * 2)
-    plain = Batches(x, y, 4, shuffle=True, generator=torch.Generator().manual_seed(3))
-    same = Batches(x, y, 4, shuffle=True, generator=torch.Generator().manual_seed(3), epoch_samples=None)
-    assert sorted(_drawn(plain).tolist()) == list(range(10))
-    assert torch.equal(_drawn(Batches(x, y, 4, shuffle=True, generator=torch.Generator().manual_seed(3))), _drawn(same))
+    shuffled = Batches(x, y, 4, shuffle=True, generator=torch.Generator().manual_seed(3))
+    assert len(shuffled) == 3
+    assert torch.equal(_drawn(shuffled), torch.randperm(10, generator=torch.Generator().manual_seed(3)))
+    balanced = Batches(x, y, 4, balanced=True, generator=torch.Generator().manual_seed(3))
+    weights = balanced_weights(y)
+    expected = torch.multinomial(weights, 10, replacement=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(_drawn(balanced), expected)
 
 
 def test_fixed_epoch_longer_than_the_data_sees_every_sample_before_repeating():
