@@ -170,6 +170,13 @@ class MixConfig:
 
 
 @dataclass
+class RelationConfig:
+    """Relational (feature-level) KD from the experts in phase 1 / joint (see ``qkt/relation.py``); weight 0 = off."""
+
+    weight: float
+
+
+@dataclass
 class StrategyConfig:
     """The QKT strategy."""
 
@@ -183,6 +190,7 @@ class StrategyConfig:
     control: bool
     synthesis: SynthesisConfig
     mix: MixConfig
+    relation: RelationConfig
     augment_shots: int
     calibration: CalibrationConfig
 
@@ -355,6 +363,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(0 <= s.calibration.holdout < 1, "strategy.calibration.holdout", s.calibration.holdout, "a float in [0, 1)")
     _check(s.mix.weight >= 0, "strategy.mix.weight", s.mix.weight, "a float >= 0")
     _check(0 <= s.mix.low <= s.mix.high <= 1, "strategy.mix.low/high", (s.mix.low, s.mix.high), "0 <= low <= high <= 1")
+    _check(s.relation.weight >= 0, "strategy.relation.weight", s.relation.weight, "a float >= 0")
     _check(s.mix.batch_size >= 1, "strategy.mix.batch_size", s.mix.batch_size, "an integer >= 1")
     _check(s.augment_shots >= 0, "strategy.augment_shots", s.augment_shots, "an integer >= 0")
     _check(s.synthesis.per_class >= 0, "strategy.synthesis.per_class", s.synthesis.per_class, "an integer >= 0")
@@ -452,6 +461,7 @@ def qkt_spec(s: StrategyConfig):
     from qkt_flower.qkt.calibrate import CalibrationSpec
     from qkt_flower.qkt.mixing import MixSpec
     from qkt_flower.qkt.phases import PhaseSpec, QKTSpec
+    from qkt_flower.qkt.relation import RelationSpec
     from qkt_flower.qkt.synthesis import SynthesisSpec
 
     def phase(p: Phase1Config, gamma: float = 0.0) -> PhaseSpec:
@@ -471,4 +481,5 @@ def qkt_spec(s: StrategyConfig):
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
         augment_shots=s.augment_shots,
         mix=MixSpec(**asdict(s.mix)),
+        relation=RelationSpec(**asdict(s.relation)),
     )

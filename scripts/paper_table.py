@@ -56,6 +56,7 @@ ABLATIONS = {
     "epochs over the transfer set": ["strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null"],
     "shot-weighted experts": ["strategy.kd.weighting=shots"],
     "expert-labelled mixes": ["strategy.mix.weight=1.0"],
+    "relational feature KD": ["strategy.relation.weight=10.0"],
     "balance every present class": ["strategy.phase1.balance_over=present", "strategy.phase2.balance_over=present"],
     "no mask": ["strategy.mask.enabled=false"],
     "no gate": ["strategy.kd.gate=false"],

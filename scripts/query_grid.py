@@ -76,6 +76,8 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, stricter mask (λ = 2)": ["strategy.mask.lam=2.0"],
     "QKT, shot-weighted experts": ["strategy.kd.weighting=shots"],
     "QKT, expert-labelled mixes": ["strategy.mix.weight=1.0"],
+    "QKT, relational feature KD (β_rel = 10)": ["strategy.relation.weight=10.0"],
+    "QKT, relational feature KD (β_rel = 30)": ["strategy.relation.weight=30.0"],
     "QKT, balance every present class": [
         "strategy.phase1.balance_over=present",
         "strategy.phase2.balance_over=present",

@@ -31,6 +31,7 @@ from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, spli
 from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
 from qkt_flower.qkt.losses import collapsed_kd, cross_entropy, weighted_mean
 from qkt_flower.qkt.mixing import MixDistillation, MixSpec
+from qkt_flower.qkt.relation import RelationDistillation, RelationSpec
 from qkt_flower.qkt.synthesis import SynthesisSpec, invert_experts
 
 MODES = ("two-phase", "phase1", "light", "joint")
@@ -90,6 +91,7 @@ class QKTSpec:
     synthesis: SynthesisSpec = SynthesisSpec()
     augment_shots: int = 0
     mix: MixSpec = MixSpec()
+    relation: RelationSpec = RelationSpec()
 
     def whole_network_budget(self) -> PhaseSpec:
         """Phase 1's batches and optimiser for as many epochs as ``mode`` trains the whole network.
@@ -279,12 +281,23 @@ def _step(
     keep: KeepDistillation | None,
     gamma: float,
     mix: MixDistillation | None = None,
+    relation: tuple[float, RelationDistillation] | None = None,
 ):
-    """Build a loss step ``CE + beta·L_query (+ gamma·L_keep) (+ β_mix·L_mix)`` for the model ``fit`` trains."""
+    """Build a loss step ``CE + beta·L_query (+ gamma·L_keep) (+ β_mix·L_mix) (+ β_rel·L_rel)`` for ``fit``.
+
+    With ``relation`` the model is run as ``head(features(x))`` (the same network) so the term sees
+    the features the logits come from.
+    """
 
     def step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = model(batch.x)
-        losses = {"ce": cross_entropy(logits, batch.y)}
+        losses = {}
+        if relation is not None:
+            features = model.features(batch.x)
+            logits = model.head(features)
+            losses["relation"] = relation[0] * relation[1](features, batch.y, batch.idx)
+        else:
+            logits = model(batch.x)
+        losses = {"ce": cross_entropy(logits, batch.y), **losses}
         if query is not None and beta > 0:
             losses["query"] = beta * query(logits, batch)
         if keep is not None and gamma > 0:
@@ -330,10 +343,20 @@ def _mixing(experts, task: QueryTask, spec: QKTSpec, seed: int, device) -> MixDi
                            seed, device)  # fmt: skip
 
 
+def _relation(experts, task: QueryTask, spec: QKTSpec, device) -> tuple[float, RelationDistillation] | None:
+    """``(β_rel, L_rel)`` for phase 1 / joint when ``spec.relation.weight > 0`` (see ``qkt/relation.py``)."""
+    if spec.relation.weight <= 0 or not experts:
+        return None
+    features = [_features(e.model, task.data, device) for e in experts]
+    known = [e.known_classes if spec.gate else tuple(range(task.data.num_classes)) for e in experts]
+    return spec.relation.weight, RelationDistillation(features, known, task.query_classes, task.data.num_classes)
+
+
 def phase1(student, task, experts, logits, spec: QKTSpec, seed, device, progress=False):
     """Query-focused distillation: whole network, ``CE + β₁·L_query``, class-balanced batches."""
     query = QueryDistillation(experts, logits, task.data.num_classes, spec, task.data.labels)
-    step = _step(query, spec.phase1.beta, None, 0.0, _mixing(experts, task, spec, seed, device))
+    step = _step(query, spec.phase1.beta, None, 0.0, _mixing(experts, task, spec, seed, device),
+                 _relation(experts, task, spec, device))  # fmt: skip
     return fit(
         student,
         phase_batches(task, spec.phase1, seed, device),
@@ -363,7 +386,8 @@ def joint(student, original_logits, task, experts, logits, spec: QKTSpec, seed, 
     """Ablation: one phase on the whole network with ``CE + β₁·L_query + γ·L_keep`` (phase-2 γ)."""
     query = QueryDistillation(experts, logits, task.data.num_classes, spec, task.data.labels)
     keep = KeepDistillation(original_logits, task, spec)
-    step = _step(query, spec.phase1.beta, keep, spec.phase2.gamma, _mixing(experts, task, spec, seed, device))
+    step = _step(query, spec.phase1.beta, keep, spec.phase2.gamma, _mixing(experts, task, spec, seed, device),
+                 _relation(experts, task, spec, device))  # fmt: skip
     epochs = spec.phase1.epochs + spec.phase2.epochs
     return fit(
         student,

@@ -1,4 +1,4 @@
-"""Checks of the interference remedies: query-bias calibration, consistent KD and expert inversion."""
+"""Checks of the interference remedies: query-bias calibration, consistent KD, expert inversion, relational KD."""
 
 import dataclasses
 
@@ -27,6 +27,7 @@ from qkt_flower.qkt.phases import (
     query_learning,
     shot_trust,
 )
+from qkt_flower.qkt.relation import RelationDistillation, RelationSpec, cosine_similarities, relation_loss
 from qkt_flower.qkt.synthesis import SynthesisSpec, invert, invert_experts
 
 
@@ -208,3 +209,54 @@ def test_query_learning_with_mixes_runs_and_differs():
     with torch.no_grad():
         diff = sum((a - b).abs().sum() for a, b in zip(plain.parameters(), mixed.parameters(), strict=True))
     assert float(diff) > 0
+
+
+def test_relation_loss_sees_geometry_not_the_feature_basis():
+    torch.manual_seed(0)
+    student = torch.randn(12, 8)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    wide = torch.cat([student @ rotation, torch.zeros(12, 24)], dim=1)  # another width, another basis, same geometry
+    assert cosine_similarities(student).shape == (12, 12)
+    assert relation_loss(student, 3.0 * wide).item() == pytest.approx(0.0, abs=1e-6)
+    assert relation_loss(student, torch.randn(12, 32)).item() > 0.05  # unrelated geometry
+    assert relation_loss(student[:1], wide[:1]).item() == 0.0  # one sample has no pair
+
+
+def test_relation_term_is_gated_to_known_classes_and_needs_a_query_sample():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])  # 2 is the query class
+    idx = torch.arange(6)
+    teacher = torch.randn(6, 5)
+    term = RelationDistillation([teacher], [(0, 2)], query_classes=(2,), num_classes=3)
+    student = torch.randn(6, 4, requires_grad=True)
+    loss = term(student, labels, idx)
+    assert loss.item() > 0
+    loss.backward()
+    assert student.grad[2:4].abs().sum() == 0  # class 1 is outside the expert's mask: its rows play no part
+    assert student.grad[[0, 1, 4, 5]].abs().sum() > 0
+    # only classes 0 and 2 count: the loss is the plain loss on those rows
+    rows = torch.tensor([0, 1, 4, 5])
+    assert loss.item() == pytest.approx(relation_loss(student[rows], teacher[rows]).item())
+    # a batch with no query sample teaches nothing
+    no_query = term(student[:4], labels[:4], idx[:4])
+    assert no_query.item() == 0.0
+    assert not RelationDistillation([], [], (2,), 3).active
+
+
+def test_query_learning_with_relational_kd_runs_and_differs():
+    torch.manual_seed(0)
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
+    task = QueryTask(_data(), (2,), (0, 1))
+    experts = [Expert(teacher, (2,), (0, 1, 2))]
+    plain, _ = query_learning(local, task, experts, QKTSpec("joint", phase, phase), seed=0)
+    spec = QKTSpec("joint", phase, phase, relation=RelationSpec(1.0))
+    related, info = query_learning(local, task, experts, spec, seed=0)
+    assert info["history"]["joint"][0]["relation"] > 0
+    with torch.no_grad():
+        diff = sum((a - b).abs().sum() for a, b in zip(plain.parameters(), related.parameters(), strict=True))
+    assert float(diff) > 0
+    # off by default: the joint phase is the same as without the option
+    again, info = query_learning(local, task, experts, QKTSpec("joint", phase, phase, relation=RelationSpec(0.0)), 0)
+    assert "relation" not in info["history"]["joint"][0]
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), again.state_dict().values(), strict=True))
