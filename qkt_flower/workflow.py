@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -70,12 +71,45 @@ def client_seed(seed: int, client: int) -> int:
     return seed * 100_003 + client
 
 
+def code_fingerprint(*code) -> str:
+    """Hash of the source of ``code`` (modules, functions, classes).
+
+    In a cache key it makes the cache follow the code that fills it: a session-19 grid once loaded
+    FedAvg models cached by an older version, and its table could not be reproduced afterwards.
+    """
+    h = hashlib.sha256()
+    for obj in code:
+        h.update(inspect.getsource(obj).encode())
+    return h.hexdigest()[:12]
+
+
+def local_training_code() -> tuple:
+    """The code that turns (config, seed) into a trained local model: data, partition, models, step 0."""
+    import qkt_flower.data.augment as augment
+    import qkt_flower.data.datasets as datasets
+    import qkt_flower.data.federation as federation
+    import qkt_flower.data.idx as idx
+    import qkt_flower.data.loaders as loaders
+    import qkt_flower.data.partition as partition
+    import qkt_flower.data.query as query
+    import qkt_flower.data.sources as sources
+    import qkt_flower.models as models
+    import qkt_flower.models.cnn as cnn
+    import qkt_flower.models.resnet as resnet
+    import qkt_flower.qkt.engine as engine
+    import qkt_flower.qkt.local as local
+
+    return (augment, datasets, federation, idx, loaders, partition, query, sources, models, cnn, resnet, engine, local,
+            client_seed, train_client)  # fmt: skip
+
+
 def local_model_key(cfg: ExperimentConfig) -> str:
-    """Hash of everything that determines the local models (data, partition, query cut, model, step 0, seed)."""
+    """Hash of everything that determines the local models (data, partition, query cut, model, step 0, seed, code)."""
     local = {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
     if not local["outlier_exposure"]:  # off: the key of the models trained before the option existed
         del local["outlier_exposure"]
-    parts = [asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), asdict(cfg.model), local, cfg.seed]
+    parts = [asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), asdict(cfg.model), local, cfg.seed,
+             code_fingerprint(*local_training_code())]  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -38,12 +38,17 @@ import torch
 from tqdm.auto import tqdm
 
 from qkt_flower import workflow as wf
+from qkt_flower.baselines import averaging, distill, ensemble, proximal
 from qkt_flower.config import load_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.qkt import calibrate, evaluate, phases
 from qkt_flower.qkt.evaluate import evaluate_view
 from qkt_flower.results import mean_std, write_csv
 
+BASELINE_CODE = (averaging, distill, ensemble, proximal, calibrate, evaluate, phases, wf.one_round_baseline,
+                 wf.control_model)  # fmt: skip
+"""The code behind the cached baseline rows (with the local models' and the FedAvg globals' own keys)."""
 CAL = "strategy.calibration."
 NO_AUG = "strategy.augment_shots=0"
 TWO = "strategy.mode=two-phase"
@@ -140,7 +145,8 @@ def global_models(cfg, fed, name: str, b: Baselines, device) -> dict:
     fine-tuning recipe (e.g. augmented shots in the control) re-uses them instead of re-training.
     """
     mu = cfg.baselines.fedprox_mu if name == "fedprox" else 0.0
-    key = _key([wf.local_model_key(cfg), name, mu, cfg.baselines.epochs_per_round, b.rounds])
+    code = wf.code_fingerprint(wf.federated_round, wf.federated_baseline, wf.initial_global_model, averaging)
+    key = _key([wf.local_model_key(cfg), name, mu, cfg.baselines.epochs_per_round, b.rounds, code])
     path = b.cache / f"{name}-{key}.pt" if b.cache is not None else None
     if path is not None and path.exists():
         states = torch.load(path, map_location="cpu")
@@ -168,7 +174,7 @@ def baseline_rows(cfg, fed, models, row, b: Baselines, device) -> list[dict]:
     """
     shaping = [wf.local_model_key(cfg), cfg.strategy.mode, asdict(cfg.strategy.phase1), cfg.strategy.phase2.epochs,
                asdict(cfg.strategy.calibration), cfg.strategy.kd.temperature, asdict(cfg.baselines),
-               list(b.federated), b.rounds]  # fmt: skip
+               list(b.federated), b.rounds, wf.code_fingerprint(*BASELINE_CODE)]  # fmt: skip
     if cfg.strategy.augment_shots:  # the fine-tuned baselines use the control's recipe, augmentation included
         shaping.append(cfg.strategy.augment_shots)
     key = _key(shaping)

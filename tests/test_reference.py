@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from qkt_flower.config import load_config
 from qkt_flower.reference import run_reference
@@ -74,6 +75,25 @@ def test_same_seed_same_metrics(small_run):
 def test_different_seed_different_partition(small_run):
     other = run_reference(load_config([*SMALL, "seed=1", "local.epochs=1", "strategy.control=false"]))
     assert other["class_counts"] != small_run["class_counts"]
+
+
+def test_local_model_cache_is_reused_and_follows_the_code(tmp_path, monkeypatch):
+    import qkt_flower.workflow as wf
+    from qkt_flower.data.federation import build_federation
+
+    cfg = load_config([*SMALL, "dataset.train_per_class=100", "local.epochs=1", f"local.cache_dir={tmp_path}"])
+    fed = build_federation(cfg)
+    n = len(fed.scenario.partitions[1])
+    assert wf.samples_to_train(cfg, 1, n) == n
+    trained = wf.train_client(cfg, fed, 1, "cpu")
+    assert wf.local_cache_file(cfg, 1).is_file() and wf.samples_to_train(cfg, 1, n) == 0
+    loaded = wf.train_client(cfg, fed, 1, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+    # other training code, other key: a model cached by another version of the code is never loaded
+    key, code = wf.local_model_key(cfg), wf.local_training_code()
+    monkeypatch.setattr(wf, "local_training_code", lambda: (*code, wf.answer_probe))
+    assert wf.local_model_key(cfg) != key
+    assert not wf.local_cache_file(cfg, 1).is_file() and wf.samples_to_train(cfg, 1, n) == n
 
 
 def test_cli_writes_results_and_resolved_config(tmp_path):

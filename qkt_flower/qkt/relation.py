@@ -80,6 +80,7 @@ class RelationDistillation:
 
     @property
     def active(self) -> bool:
+        """Whether any expert is there to distil from."""
         return bool(self.features)
 
     def __call__(self, student_features: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
