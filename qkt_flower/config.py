@@ -135,6 +135,7 @@ class KDConfig:
     gate: bool
     consistent: bool
     weighting: str
+    keep_balanced: bool
 
 
 @dataclass
@@ -477,6 +478,7 @@ def qkt_spec(s: StrategyConfig):
         gate=s.kd.gate,
         consistent=s.kd.consistent,
         weighting=s.kd.weighting,
+        keep_balanced=s.kd.keep_balanced,
         calibration=CalibrationSpec(s.calibration.max_false_query, s.calibration.holdout),
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
         augment_shots=s.augment_shots,

@@ -88,7 +88,8 @@ def test_local_model_cache_is_reused_and_follows_the_code(tmp_path, monkeypatch)
     trained = wf.train_client(cfg, fed, 1, "cpu")
     assert wf.local_cache_file(cfg, 1).is_file() and wf.samples_to_train(cfg, 1, n) == 0
     loaded = wf.train_client(cfg, fed, 1, "cpu")
-    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+    pairs = zip(trained.state_dict().values(), loaded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     # other training code, other key: a model cached by another version of the code is never loaded
     key, code = wf.local_model_key(cfg), wf.local_training_code()
     monkeypatch.setattr(wf, "local_training_code", lambda: (*code, wf.answer_probe))

@@ -87,6 +87,7 @@ class QKTSpec:
     gate: bool = True
     consistent: bool = False
     weighting: str = "uniform"
+    keep_balanced: bool = False
     calibration: CalibrationSpec = CalibrationSpec()
     synthesis: SynthesisSpec = SynthesisSpec()
     augment_shots: int = 0
@@ -259,11 +260,33 @@ class QueryDistillation:
         return weighted_mean(torch.cat(values), torch.cat(weights))
 
 
+def balanced_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[int, ...]) -> torch.Tensor:
+    """``logits`` with ``classes``' columns logit-adjusted to a uniform prior over them (Menon et al., ICLR 2021).
+
+    Subtracts ``log p(c) − mean_c log p(c)``, with ``p(c)`` the share of class ``c`` among ``labels`` of
+    ``classes``: the relative odds between these classes become what a model trained on balanced data
+    would give, and their log-mass against the other columns is unchanged on average.
+    """
+    idx = torch.tensor(classes, dtype=torch.long, device=logits.device)
+    counts = torch.stack([(labels == c).sum() for c in classes]).to(logits.device).float().clamp_min(1.0)
+    log_prior = torch.log(counts / counts.sum())
+    out = logits.clone()
+    out[:, idx] -= log_prior - log_prior.mean()
+    return out
+
+
 class KeepDistillation:
-    """``L_keep``: the original model's view of the local classes, on non-query samples only."""
+    """``L_keep``: the original model's view of the local classes, on non-query samples only.
+
+    With ``spec.keep_balanced`` the original's logits are first logit-adjusted to a uniform prior over the
+    local classes: it was trained on the client's imbalanced shares, and its boundaries between local
+    classes carry that imbalance, which class-balanced fine-tuning removes and plain ``L_keep`` puts back.
+    """
 
     def __init__(self, original_logits: torch.Tensor, task: QueryTask, spec: QKTSpec) -> None:
         device = original_logits.device
+        if spec.keep_balanced:
+            original_logits = balanced_logits(original_logits, task.data.labels, task.local_classes)
         self.logits = original_logits
         self.keep = torch.tensor(task.local_classes, dtype=torch.long, device=device)
         self.query = torch.tensor(task.query_classes, dtype=torch.long, device=device)

@@ -260,3 +260,29 @@ def test_query_learning_with_relational_kd_runs_and_differs():
     again, info = query_learning(local, task, experts, QKTSpec("joint", phase, phase, relation=RelationSpec(0.0)), 0)
     assert "relation" not in info["history"]["joint"][0]
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_balanced_keep_targets_are_logit_adjusted_to_a_uniform_local_prior():
+    from qkt_flower.qkt.phases import KeepDistillation, balanced_logits
+
+    labels = torch.tensor([0] * 30 + [1] * 10 + [2] * 5)  # local 0 (30 images) and 1 (10); 2 is the query
+    logits = torch.zeros(4, 3)
+    adjusted = balanced_logits(logits, labels, (0, 1))
+    # odds of 1 over 0 move by the inverse of their shares (10 vs 30); the sum over local columns is kept
+    assert float(adjusted[0, 1] - adjusted[0, 0]) == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-6)
+    assert float(adjusted[0, :2].sum()) == pytest.approx(0.0, abs=1e-6)
+    assert torch.equal(adjusted[:, 2], logits[:, 2]) and torch.equal(logits, torch.zeros(4, 3))  # not in place
+    # with balanced shares nothing moves
+    assert torch.allclose(balanced_logits(logits, torch.tensor([0, 1, 0, 1]), (0, 1)), logits)
+
+    task = QueryTask(ImageDataset(torch.zeros(45, 1, 8, 8, dtype=torch.uint8), labels, ("a", "b", "q"),
+                                  (0.5,), (0.25,)), (2,), (0, 1))  # fmt: skip
+    phase = PhaseSpec(epochs=1, batch_size=8, optim=OptimSpec("adam", 1e-2))
+    original = torch.randn(45, 3)
+    plain = KeepDistillation(original, task, QKTSpec("joint", phase, phase))
+    balanced = KeepDistillation(original, task, QKTSpec("joint", phase, phase, keep_balanced=True))
+    assert torch.equal(plain.logits, original)
+    assert torch.allclose(balanced.logits, balanced_logits(original, labels, (0, 1)))
+    batch = Batch(torch.zeros(4, 1, 8, 8), labels[[0, 1, 30, 31]], torch.tensor([0, 1, 30, 31]))
+    student = torch.randn(4, 3)
+    assert plain(student, batch).item() != pytest.approx(balanced(student, batch).item())
