@@ -136,6 +136,7 @@ class KDConfig:
     consistent: bool
     weighting: str
     keep_balanced: bool
+    keep_consistent: bool
 
 
 @dataclass
@@ -479,6 +480,7 @@ def qkt_spec(s: StrategyConfig):
         consistent=s.kd.consistent,
         weighting=s.kd.weighting,
         keep_balanced=s.kd.keep_balanced,
+        keep_consistent=s.kd.keep_consistent,
         calibration=CalibrationSpec(s.calibration.max_false_query, s.calibration.holdout),
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
         augment_shots=s.augment_shots,

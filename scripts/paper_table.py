@@ -48,6 +48,7 @@ ABLATIONS = {
     "QKT Light": ["strategy.mode=light"],
     "no L_keep": ["strategy.phase2.gamma=0"],
     "balanced L_keep": ["strategy.kd.keep_balanced=true"],
+    "consistent L_keep": ["strategy.kd.keep_consistent=true"],
     "no query distillation (beta=0)": ["strategy.phase1.beta=0"],
     "no calibration": ["strategy.calibration.max_false_query=null"],
     "calibration 2 %": ["strategy.calibration.max_false_query=0.02"],

@@ -77,6 +77,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, calibration 2 % on 20 % hold-out": [CAL + "max_false_query=0.02", CAL + "holdout=0.2"],
     "QKT, no L_keep": ["strategy.phase2.gamma=0"],
     "QKT, balanced L_keep": ["strategy.kd.keep_balanced=true"],
+    "QKT, consistent L_keep": ["strategy.kd.keep_consistent=true"],
     "QKT, no query distillation (β = 0)": ["strategy.phase1.beta=0"],  # CE + L_keep only: no teacher at all
     "QKT, half query distillation (β = 0.5)": ["strategy.phase1.beta=0.5"],
     "QKT, stricter mask (λ = 2)": ["strategy.mask.lam=2.0"],

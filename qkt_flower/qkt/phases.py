@@ -88,6 +88,7 @@ class QKTSpec:
     consistent: bool = False
     weighting: str = "uniform"
     keep_balanced: bool = False
+    keep_consistent: bool = False
     calibration: CalibrationSpec = CalibrationSpec()
     synthesis: SynthesisSpec = SynthesisSpec()
     augment_shots: int = 0
@@ -281,10 +282,14 @@ class KeepDistillation:
     With ``spec.keep_balanced`` the original's logits are first logit-adjusted to a uniform prior over the
     local classes: it was trained on the client's imbalanced shares, and its boundaries between local
     classes carry that imbalance, which class-balanced fine-tuning removes and plain ``L_keep`` puts back.
+    With ``spec.keep_consistent`` the term skips the samples the original model gets wrong (like
+    consistent KD for the experts): it should keep what the client knows, not its mistakes.
     """
 
     def __init__(self, original_logits: torch.Tensor, task: QueryTask, spec: QKTSpec) -> None:
         device = original_logits.device
+        # where the original model is right, computed before any adjustment (its own verdict)
+        self.right = original_logits.argmax(dim=1) == task.data.labels.to(device) if spec.keep_consistent else None
         if spec.keep_balanced:
             original_logits = balanced_logits(original_logits, task.data.labels, task.local_classes)
         self.logits = original_logits
@@ -293,9 +298,12 @@ class KeepDistillation:
         self.temperature, self.standardize = spec.temperature, spec.standardize
 
     def __call__(self, student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Collapsed KD to the original model, weighted 0 on query-class samples."""
+        """Collapsed KD to the original model, weighted 0 on query-class samples (and, if consistent, its errors)."""
         kd = collapsed_kd(student_logits, self.logits[batch.idx], self.keep, self.temperature, self.standardize)
-        return weighted_mean(kd, (~torch.isin(batch.y, self.query)).float())
+        weight = (~torch.isin(batch.y, self.query)).float()
+        if self.right is not None:
+            weight = weight * self.right[batch.idx].float()
+        return weighted_mean(kd, weight)
 
 
 def _step(

@@ -286,3 +286,23 @@ def test_balanced_keep_targets_are_logit_adjusted_to_a_uniform_local_prior():
     batch = Batch(torch.zeros(4, 1, 8, 8), labels[[0, 1, 30, 31]], torch.tensor([0, 1, 30, 31]))
     student = torch.randn(4, 3)
     assert plain(student, batch).item() != pytest.approx(balanced(student, batch).item())
+
+
+def test_consistent_keep_skips_what_the_original_model_gets_wrong():
+    from qkt_flower.qkt.phases import KeepDistillation
+
+    labels = torch.tensor([0, 0, 1, 1, 2])  # 2 is the query class
+    task = QueryTask(ImageDataset(torch.zeros(5, 1, 8, 8, dtype=torch.uint8), labels, ("a", "b", "q"),
+                                  (0.5,), (0.25,)), (2,), (0, 1))  # fmt: skip
+    phase = PhaseSpec(epochs=1, batch_size=8, optim=OptimSpec("adam", 1e-2))
+    original = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 3.0, 0], [3.0, 0, 0], [0, 0, 3.0]])  # rows 1, 3 wrong
+    keep = KeepDistillation(original, task, QKTSpec("joint", phase, phase, keep_consistent=True))
+    plain = KeepDistillation(original, task, QKTSpec("joint", phase, phase))
+    student = torch.randn(5, 3, requires_grad=True)
+    batch = Batch(torch.zeros(5, 1, 8, 8), labels, torch.arange(5))
+    keep(student, batch).backward()
+    assert student.grad[[1, 3, 4]].abs().sum() == 0  # its two mistakes and the query sample play no part
+    assert student.grad[[0, 2]].abs().sum() > 0
+    right = torch.tensor([0, 2])
+    only_right = Batch(batch.x[right], labels[right], right)
+    assert keep(student, batch).item() == pytest.approx(plain(student[right], only_right).item())
