@@ -78,6 +78,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, no L_keep": ["strategy.phase2.gamma=0"],
     "QKT, balanced L_keep": ["strategy.kd.keep_balanced=true"],
     "QKT, consistent L_keep": ["strategy.kd.keep_consistent=true"],
+    "QKT, half L_keep (γ = 0.5)": ["strategy.phase2.gamma=0.5"],
     "QKT, no query distillation (β = 0)": ["strategy.phase1.beta=0"],  # CE + L_keep only: no teacher at all
     "QKT, half query distillation (β = 0.5)": ["strategy.phase1.beta=0.5"],
     "QKT, stricter mask (λ = 2)": ["strategy.mask.lam=2.0"],
