@@ -195,20 +195,27 @@ def test_expert_labelled_mixes_are_blends_gated_by_the_local_class():
     assert not MixDistillation([], data, (2,), (0, 1), spec, 2.0, 0, "cpu").active  # no expert: nothing to do
 
 
-def test_query_learning_with_mixes_runs_and_differs():
+def _tiny_query_learning(mode: str, **options):
+    """QKT on the 3-class toy task (one teacher that knows every class), seeded; ``options`` go to the spec."""
     torch.manual_seed(0)
     local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
     phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
     task = QueryTask(_data(), (2,), (0, 1))
-    experts = [Expert(teacher, (2,), (0, 1, 2))]
+    return query_learning(local, task, [Expert(teacher, (2,), (0, 1, 2))], QKTSpec(mode, phase, phase, **options), 0)
+
+
+def _weight_distance(a: nn.Module, b: nn.Module) -> float:
+    with torch.no_grad():
+        return float(sum((p - q).abs().sum() for p, q in zip(a.parameters(), b.parameters(), strict=True)))
+
+
+def test_query_learning_with_mixes_runs_and_differs():
     from qkt_flower.qkt.mixing import MixSpec
 
-    plain, _ = query_learning(local, task, experts, QKTSpec("two-phase", phase, phase), seed=0)
-    mixed, info = query_learning(local, task, experts, QKTSpec("two-phase", phase, phase, mix=MixSpec(1.0)), seed=0)
+    plain, _ = _tiny_query_learning("two-phase")
+    mixed, info = _tiny_query_learning("two-phase", mix=MixSpec(1.0))
     assert "mix" in info["history"]["phase1"][0]
-    with torch.no_grad():
-        diff = sum((a - b).abs().sum() for a, b in zip(plain.parameters(), mixed.parameters(), strict=True))
-    assert float(diff) > 0
+    assert _weight_distance(plain, mixed) > 0
 
 
 def test_relation_loss_sees_geometry_not_the_feature_basis():
@@ -244,20 +251,12 @@ def test_relation_term_is_gated_to_known_classes_and_needs_a_query_sample():
 
 
 def test_query_learning_with_relational_kd_runs_and_differs():
-    torch.manual_seed(0)
-    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
-    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
-    task = QueryTask(_data(), (2,), (0, 1))
-    experts = [Expert(teacher, (2,), (0, 1, 2))]
-    plain, _ = query_learning(local, task, experts, QKTSpec("joint", phase, phase), seed=0)
-    spec = QKTSpec("joint", phase, phase, relation=RelationSpec(1.0))
-    related, info = query_learning(local, task, experts, spec, seed=0)
+    plain, _ = _tiny_query_learning("joint")
+    related, info = _tiny_query_learning("joint", relation=RelationSpec(1.0))
     assert info["history"]["joint"][0]["relation"] > 0
-    with torch.no_grad():
-        diff = sum((a - b).abs().sum() for a, b in zip(plain.parameters(), related.parameters(), strict=True))
-    assert float(diff) > 0
-    # off by default: the joint phase is the same as without the option
-    again, info = query_learning(local, task, experts, QKTSpec("joint", phase, phase, relation=RelationSpec(0.0)), 0)
+    assert _weight_distance(plain, related) > 0
+    # off: the joint phase is the same as without the option
+    again, info = _tiny_query_learning("joint", relation=RelationSpec(0.0))
     assert "relation" not in info["history"]["joint"][0]
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), again.state_dict().values(), strict=True))
 
