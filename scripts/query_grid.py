@@ -95,6 +95,7 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "balanced-CE control": [],  # augmented shots + calibration 5 %, QKT's default budget (7 epochs of 320 draws)
     "balanced-CE control, no calibration": [CAL + "max_false_query=null"],
     "balanced-CE control, calibration 2 %": [CAL + "max_false_query=0.02"],
+    "balanced-CE control, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
     "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [
         TWO,
         CAL + "max_false_query=0.02",
