@@ -106,8 +106,6 @@ def local_training_code() -> tuple:
 def local_model_key(cfg: ExperimentConfig) -> str:
     """Hash of everything that determines the local models (data, partition, query cut, model, step 0, seed, code)."""
     local = {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
-    if not local["outlier_exposure"]:  # off: the key of the models trained before the option existed
-        del local["outlier_exposure"]
     parts = [asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), asdict(cfg.model), local, cfg.seed,
              code_fingerprint(*local_training_code())]  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ in :data:`MASK_RULES`, so a new rule is one function and one registry entry.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +69,20 @@ class ExpertSelection:
     def classes_of(self, teacher: int) -> list[int]:
         """Query classes ``teacher`` is an expert on (the outputs kept in its masked signal)."""
         return sorted(c for c, ks in self.experts.items() if teacher in ks)
+
+
+def known_class_gates(
+    known_classes: Sequence[Sequence[int]], num_classes: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``(K, C)`` booleans: row ``k`` marks the classes teacher ``k``'s mask says it knows.
+
+    The gate of every teacher term (``L_query``, ``L_mix``, ``L_rel``): a teacher is over-confident on
+    classes it never saw, so its term applies only to samples whose label it knows.
+    """
+    gates = torch.zeros(len(known_classes), num_classes, dtype=torch.bool, device=device)
+    for k, known in enumerate(known_classes):
+        gates[k, list(known)] = True
+    return gates
 
 
 def select_experts(

@@ -23,6 +23,7 @@ from torch import nn
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import normalizer
 from qkt_flower.qkt.losses import collapsed_kd, weighted_mean
+from qkt_flower.qkt.mask import known_class_gates
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,7 @@ class MixDistillation:
         self.data, self.labels = data, labels
         self.normalize = normalizer(data)
         self.generator = torch.Generator().manual_seed(seed + 31)
-        num_classes = data.num_classes
-        self.known = torch.zeros(len(experts), num_classes, dtype=torch.bool)
-        for k, e in enumerate(experts):
-            self.known[k, list(e.known_classes)] = True
+        self.known = known_class_gates([e.known_classes for e in experts], data.num_classes)
         self.keeps = [torch.tensor(e.query_classes, dtype=torch.long, device=self.device) for e in experts]
         for e in experts:  # teachers label in inference mode (BatchNorm running statistics, no dropout)
             e.model.eval()

@@ -30,6 +30,7 @@ from qkt_flower.data.loaders import INFERENCE_BATCH, Batch, Batches, image_batch
 from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, split_holdout
 from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
 from qkt_flower.qkt.losses import collapsed_kd, cross_entropy, weighted_mean
+from qkt_flower.qkt.mask import known_class_gates
 from qkt_flower.qkt.mixing import MixDistillation, MixSpec
 from qkt_flower.qkt.relation import RelationDistillation, RelationSpec
 from qkt_flower.qkt.synthesis import SynthesisSpec, invert_experts
@@ -211,6 +212,12 @@ def shot_trust(experts: list[Expert], logits: torch.Tensor, labels: torch.Tensor
     return trust
 
 
+def gated_classes(experts: list[Expert], spec: QKTSpec, num_classes: int) -> list[tuple[int, ...]]:
+    """Per expert, the labels its terms may apply to: its known classes, or every class with ``spec.gate`` off."""
+    every = tuple(range(num_classes))
+    return [e.known_classes if spec.gate else every for e in experts]
+
+
 class QueryDistillation:
     """``L_query`` over cached expert logits: collapsed, gated, averaged over (expert, sample) pairs."""
 
@@ -235,12 +242,7 @@ class QueryDistillation:
                 raise ValueError("shot-weighted KD needs the transfer set's labels")
             self.trust = shot_trust(experts, logits, labels)
         self.keeps = [torch.tensor(e.query_classes, dtype=torch.long, device=device) for e in experts]
-        gates = torch.ones(len(experts), num_classes, dtype=torch.bool, device=device)
-        if spec.gate:
-            gates.zero_()
-            for k, e in enumerate(experts):
-                gates[k, list(e.known_classes)] = True
-        self.gates = gates
+        self.gates = known_class_gates(gated_classes(experts, spec, num_classes), num_classes, device)
         self.temperature, self.standardize = spec.temperature, spec.standardize
 
     def __call__(self, student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -321,14 +323,11 @@ def _step(
     """
 
     def step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        losses = {}
-        if relation is not None:
-            features = model.features(batch.x)
-            logits = model.head(features)
+        features = model.features(batch.x) if relation is not None else None
+        logits = model(batch.x) if features is None else model.head(features)
+        losses = {"ce": cross_entropy(logits, batch.y)}
+        if features is not None:
             losses["relation"] = relation[0] * relation[1](features, batch.y, batch.idx)
-        else:
-            logits = model(batch.x)
-        losses = {"ce": cross_entropy(logits, batch.y), **losses}
         if query is not None and beta > 0:
             losses["query"] = beta * query(logits, batch)
         if keep is not None and gamma > 0:
@@ -379,7 +378,7 @@ def _relation(experts, task: QueryTask, spec: QKTSpec, device) -> tuple[float, R
     if spec.relation.weight <= 0 or not experts:
         return None
     features = [_features(e.model, task.data, device) for e in experts]
-    known = [e.known_classes if spec.gate else tuple(range(task.data.num_classes)) for e in experts]
+    known = gated_classes(experts, spec, task.data.num_classes)
     return spec.relation.weight, RelationDistillation(features, known, task.query_classes, task.data.num_classes)
 
 

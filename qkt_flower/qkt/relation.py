@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from qkt_flower.qkt.mask import known_class_gates
+
 
 @dataclass(frozen=True)
 class RelationSpec:
@@ -73,9 +75,7 @@ class RelationDistillation:
             raise ValueError("one feature tensor per expert")
         device = expert_features[0].device if expert_features else torch.device("cpu")
         self.features = expert_features
-        self.gates = torch.zeros(len(known_classes), num_classes, dtype=torch.bool, device=device)
-        for k, known in enumerate(known_classes):
-            self.gates[k, list(known)] = True
+        self.gates = known_class_gates(known_classes, num_classes, device)
         self.query = torch.tensor(query_classes, dtype=torch.long, device=device)
 
     @property
