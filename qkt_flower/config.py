@@ -145,6 +145,7 @@ class CalibrationConfig:
 
     max_false_query: float | None
     holdout: float
+    augment: int
 
 
 @dataclass
@@ -363,6 +364,7 @@ def validate(cfg: ExperimentConfig) -> None:
     limit = s.calibration.max_false_query
     _check(limit is None or 0 <= limit < 1, "strategy.calibration.max_false_query", limit, "null or a float in [0, 1)")
     _check(0 <= s.calibration.holdout < 1, "strategy.calibration.holdout", s.calibration.holdout, "a float in [0, 1)")
+    _check(s.calibration.augment >= 0, "strategy.calibration.augment", s.calibration.augment, "an integer >= 0")
     _check(s.mix.weight >= 0, "strategy.mix.weight", s.mix.weight, "a float >= 0")
     _check(0 <= s.mix.low <= s.mix.high <= 1, "strategy.mix.low/high", (s.mix.low, s.mix.high), "0 <= low <= high <= 1")
     _check(s.mix.batch_size >= 1, "strategy.mix.batch_size", s.mix.batch_size, "an integer >= 1")
@@ -481,7 +483,7 @@ def qkt_spec(s: StrategyConfig):
         weighting=s.kd.weighting,
         keep_balanced=s.kd.keep_balanced,
         keep_consistent=s.kd.keep_consistent,
-        calibration=CalibrationSpec(s.calibration.max_false_query, s.calibration.holdout),
+        calibration=CalibrationSpec(**asdict(s.calibration)),
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
         augment_shots=s.augment_shots,
         mix=MixSpec(**asdict(s.mix)),

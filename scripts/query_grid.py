@@ -75,6 +75,8 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, calibration 2 %": [CAL + "max_false_query=0.02"],
     "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
     "QKT, calibration 2 % on 20 % hold-out": [CAL + "max_false_query=0.02", CAL + "holdout=0.2"],
+    "QKT, calibration 5 % on jittered copies": [CAL + "augment=4"],
+    "QKT, calibration 10 % on jittered copies": [CAL + "augment=4", CAL + "max_false_query=0.1"],
     "QKT, no L_keep": ["strategy.phase2.gamma=0"],
     "QKT, balanced L_keep": ["strategy.kd.keep_balanced=true"],
     "QKT, consistent L_keep": ["strategy.kd.keep_consistent=true"],
@@ -96,6 +98,8 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "balanced-CE control, no calibration": [CAL + "max_false_query=null"],
     "balanced-CE control, calibration 2 %": [CAL + "max_false_query=0.02"],
     "balanced-CE control, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
+    "balanced-CE control, calibration 5 % on jittered copies": [CAL + "augment=4"],
+    "balanced-CE control, calibration 10 % on jittered copies": [CAL + "augment=4", CAL + "max_false_query=0.1"],
     "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [
         TWO,
         CAL + "max_false_query=0.02",

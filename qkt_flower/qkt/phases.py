@@ -27,7 +27,7 @@ from torch import nn
 from qkt_flower.data.augment import augmented_copies
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import INFERENCE_BATCH, Batch, Batches, image_batches
-from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, split_holdout
+from qkt_flower.qkt.calibrate import CalibrationSpec, calibrate_query_bias, calibration_images, split_holdout
 from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
 from qkt_flower.qkt.losses import collapsed_kd, cross_entropy, weighted_mean
 from qkt_flower.qkt.mask import known_class_gates
@@ -152,13 +152,18 @@ def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, 
     return task.with_data(data), held, info
 
 
-def calibrate(student: nn.Module, task: QueryTask, held: ImageDataset | None, spec: QKTSpec, device) -> float:
-    """Apply :func:`~qkt_flower.qkt.calibrate.calibrate_query_bias` if enabled; returns the bias shift."""
-    limit = spec.calibration.max_false_query
-    if limit is None:
+def calibrate(
+    student: nn.Module, task: QueryTask, held: ImageDataset | None, spec: CalibrationSpec, seed: int, device
+) -> float:
+    """Apply :func:`~qkt_flower.qkt.calibrate.calibrate_query_bias` if enabled; returns the bias shift.
+
+    Measured on the hold-out when there is one, else on the transfer set; jittered copies of either
+    with ``spec.augment`` (QKT and the control share this, so they are calibrated alike).
+    """
+    if spec.max_false_query is None:
         return 0.0
-    images = held if held is not None else task.data
-    return calibrate_query_bias(student, images, task.query_classes, task.local_classes, limit, device)
+    images = calibration_images(held if held is not None else task.data, task.local_classes, spec, seed)
+    return calibrate_query_bias(student, images, task.query_classes, task.local_classes, spec.max_false_query, device)
 
 
 @torch.inference_mode()
@@ -478,7 +483,7 @@ def query_learning(
         if on_phase_end is not None:
             on_phase_end(name, student)
     student.eval()
-    shift = calibrate(student, task, held, spec, device)
+    shift = calibrate(student, task, held, spec.calibration, seed, device)
     if on_phase_end is not None and spec.calibration.max_false_query is not None:
         on_phase_end("calibrated", student)
     return student, {"history": history, "seconds": seconds, "calibration_shift": shift}
@@ -514,9 +519,5 @@ def balanced_finetune(
         progress=progress,
     )
     student.eval()
-    if calibration.max_false_query is not None:
-        images = held if held is not None else task.data
-        calibrate_query_bias(
-            student, images, task.query_classes, task.local_classes, calibration.max_false_query, device
-        )
+    calibrate(student, task, held, calibration, seed, device)
     return student

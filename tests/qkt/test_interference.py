@@ -12,6 +12,7 @@ from qkt_flower.models.cnn import SmallCNN
 from qkt_flower.qkt.calibrate import (
     CalibrationSpec,
     calibrate_query_bias,
+    calibration_images,
     query_bias_shift,
     query_margins,
     split_holdout,
@@ -23,6 +24,7 @@ from qkt_flower.qkt.phases import (
     QKTSpec,
     QueryDistillation,
     QueryTask,
+    balanced_finetune,
     consistent_pairs,
     query_learning,
     shot_trust,
@@ -130,6 +132,29 @@ def test_calibrated_query_learning_reports_its_shift_and_the_control_matches_its
     with torch.no_grad():
         pred = student((held.images.float() / 255 - 0.5) / 0.25).argmax(-1)
     assert not bool((pred == 2).any())  # max_false_query = 0 on the held-out local images
+
+
+def test_jittered_calibration_bounds_false_queries_on_the_copies_for_qkt_and_the_control():
+    torch.manual_seed(0)
+    data, spec = _data(), CalibrationSpec(max_false_query=0.0, augment=3)
+    copies = calibration_images(data, (0, 1), spec, seed=5)
+    assert len(copies) == 3 * int((data.labels < 2).sum())  # 3 jittered copies of every local image, no shot
+    assert set(copies.labels.tolist()) == {0, 1} and not torch.equal(copies.images[: (data.labels < 2).sum()],
+                                                                      data.images[data.labels < 2])  # fmt: skip
+    assert calibration_images(data, (0, 1), CalibrationSpec(0.0), seed=5) is data  # augment = 0: the images
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    with torch.no_grad():
+        local.head.bias[2] += 5.0  # a local model that calls everything the query class: calibration must act
+    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
+    task = QueryTask(data, (2,), (0, 1))
+    qkt, info = query_learning(local, task, [Expert(teacher, (2,), (1, 2))], QKTSpec("two-phase", phase, phase,
+                               calibration=spec), seed=5)  # fmt: skip
+    control = balanced_finetune(local, task, phase, seed=5, calibration=spec)
+    for model in (qkt, control):
+        with torch.no_grad():
+            pred = model((copies.images.float() / 255 - 0.5) / 0.25).argmax(-1)
+        assert not bool((pred == 2).any())  # max_false_query = 0 on the very copies both were calibrated on
+    assert info["calibration_shift"] > 0
 
 
 def test_inversion_yields_images_the_expert_calls_the_query_class():
