@@ -1,6 +1,7 @@
-"""Figures from a paper-table run: per-class accuracy before/after QKT, the λ sweep, accuracy vs bytes.
+"""Figures from a paper-table run (per-class accuracy, the λ sweep, accuracy vs bytes) or a query grid (trade-off).
 
 python scripts/plot.py outputs/paper_table/quick          # writes PNGs next to table.json
+python scripts/plot.py outputs/query_grid                 # trade_off.png next to grid.json
 """
 
 from __future__ import annotations
@@ -98,13 +99,57 @@ def accuracy_vs_bytes(summary: dict, out: Path) -> Path | None:
     return path
 
 
+def _family(method: str) -> str:
+    return "QKT" if method.startswith("QKT") else "control" if method.startswith("balanced-CE") else "other"
+
+
+def trade_off(grid: dict, out: Path) -> Path | None:
+    """Query accuracy against Δlocal per method, one panel per split (QKT vs the control at equal local cost).
+
+    QKT variants and controls are joined in order of Δlocal (e.g. calibration budgets); the dashed line
+    is the issue's local band (−2 points).
+    """
+    table = grid["table"]
+    parts = list(dict.fromkeys(r["partition"] for r in table))
+    if not parts:
+        return None
+    colours = {"QKT": "tab:red", "control": "tab:blue", "other": "tab:gray"}
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.2), squeeze=False)
+    for ax, part in zip(axes[0], parts, strict=True):
+        rows = [r for r in table if r["partition"] == part]
+        for fam, colour in colours.items():
+            members = sorted((r for r in rows if _family(r["method"]) == fam), key=lambda r: r["local_delta"])
+            if fam != "other" and len(members) > 1:
+                ax.plot([r["local_delta"] for r in members], [r["query_acc"] for r in members], "-", color=colour,
+                        alpha=0.4)  # fmt: skip
+            for r in members:
+                ax.scatter(r["local_delta"], r["query_acc"], color=colour, s=25)
+                ax.annotate(r["method"].replace("balanced-CE ", ""), (r["local_delta"], r["query_acc"]), fontsize=5,
+                            xytext=(3, 2), textcoords="offset points")  # fmt: skip
+        ax.axvline(-2.0, ls="--", color="k", lw=0.8)
+        ax.set_xlabel("Δ local-class accuracy vs the local model (points)")
+        ax.set_ylabel("query-class accuracy (%)")
+        ax.set_title(part, fontsize=9)
+    fig.tight_layout()
+    path = out / "trade_off.png"
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="a paper_table.py output folder (holds table.json)")
+    parser.add_argument("folder", type=Path, help="a paper_table.py (table.json) or query_grid.py (grid.json) folder")
     args = parser.parse_args(argv)
-    summary = json.loads((args.folder / "table.json").read_text())
-    for path in (per_class(args.folder, args.folder), lambda_sweep(summary, args.folder),
-                 accuracy_vs_bytes(summary, args.folder)):  # fmt: skip
+    if (args.folder / "grid.json").is_file():
+        paths = [trade_off(json.loads((args.folder / "grid.json").read_text()), args.folder)]
+    elif (args.folder / "table.json").is_file():
+        summary = json.loads((args.folder / "table.json").read_text())
+        paths = [per_class(args.folder, args.folder), lambda_sweep(summary, args.folder),
+                 accuracy_vs_bytes(summary, args.folder)]  # fmt: skip
+    else:
+        parser.error(f"{args.folder} holds neither table.json (paper_table.py) nor grid.json (query_grid.py)")
+    for path in paths:
         if path is not None:
             print(f"written: {path}")
 

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import plot  # noqa: E402
 import query_grid  # noqa: E402
 
 CLASSES = [f"class{c}" for c in range(10)]
@@ -61,3 +62,7 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
     for row in again["rows"]:
         if row["method"] in expected[len(variants) + 1 :]:
             assert row == first[row["method"]]
+
+    # the trade-off figure is drawn from the grid's own grid.json
+    plot.main([str(tmp_path / "grid")])
+    assert (tmp_path / "grid" / "trade_off.png").stat().st_size > 10_000
