@@ -53,6 +53,7 @@ ABLATIONS = {
     "no calibration": ["strategy.calibration.max_false_query=null"],
     "calibration 2 %": ["strategy.calibration.max_false_query=0.02"],
     "calibration on 20 % hold-out": ["strategy.calibration.holdout=0.2"],
+    "calibration on jittered copies": ["strategy.calibration.augment=4"],
     "no consistent KD": ["strategy.kd.consistent=false"],
     "no augmented shots": ["strategy.augment_shots=0"],
     "epochs over the transfer set": ["strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null"],
