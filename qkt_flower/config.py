@@ -195,6 +195,7 @@ class StrategyConfig:
     mix: MixConfig
     relation: RelationConfig
     augment_shots: int
+    augment_local: int
     calibration: CalibrationConfig
 
 
@@ -370,6 +371,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(s.mix.batch_size >= 1, "strategy.mix.batch_size", s.mix.batch_size, "an integer >= 1")
     _check(s.relation.weight >= 0, "strategy.relation.weight", s.relation.weight, "a float >= 0")
     _check(s.augment_shots >= 0, "strategy.augment_shots", s.augment_shots, "an integer >= 0")
+    _check(s.augment_local >= 0, "strategy.augment_local", s.augment_local, "an integer >= 0")
     _check(s.synthesis.per_class >= 0, "strategy.synthesis.per_class", s.synthesis.per_class, "an integer >= 0")
     _check(s.synthesis.steps >= 1, "strategy.synthesis.steps", s.synthesis.steps, "an integer >= 1")
     _check(s.synthesis.lr > 0, "strategy.synthesis.lr", s.synthesis.lr, "a float > 0")
@@ -486,6 +488,7 @@ def qkt_spec(s: StrategyConfig):
         calibration=CalibrationSpec(**asdict(s.calibration)),
         synthesis=SynthesisSpec(**asdict(s.synthesis)),
         augment_shots=s.augment_shots,
+        augment_local=s.augment_local,
         mix=MixSpec(**asdict(s.mix)),
         relation=RelationSpec(**asdict(s.relation)),
     )

@@ -234,7 +234,7 @@ def control_model(cfg: ExperimentConfig, fed: Federation, local_model: nn.Module
     with precision(cfg, torch.device(device)):
         return balanced_finetune(
             local_model, query_task(fed), spec.whole_network_budget(), cfg.seed, device, cfg.progress, spec.calibration,
-            spec.augment_shots,
+            spec.augment_shots, spec.augment_local,
         )  # fmt: skip
 
 

@@ -77,6 +77,8 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, calibration 2 % on 20 % hold-out": [CAL + "max_false_query=0.02", CAL + "holdout=0.2"],
     "QKT, calibration 5 % on jittered copies": [CAL + "augment=4"],
     "QKT, calibration 10 % on jittered copies": [CAL + "augment=4", CAL + "max_false_query=0.1"],
+    "QKT, jittered local images": ["strategy.augment_local=1"],
+    "QKT, jittered local images, calibration 5 % on jittered copies": ["strategy.augment_local=1", CAL + "augment=4"],
     "QKT, no L_keep": ["strategy.phase2.gamma=0"],
     "QKT, balanced L_keep": ["strategy.kd.keep_balanced=true"],
     "QKT, consistent L_keep": ["strategy.kd.keep_consistent=true"],
@@ -100,6 +102,10 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "balanced-CE control, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
     "balanced-CE control, calibration 5 % on jittered copies": [CAL + "augment=4"],
     "balanced-CE control, calibration 10 % on jittered copies": [CAL + "augment=4", CAL + "max_false_query=0.1"],
+    "balanced-CE control, jittered local images, calibration 5 % on jittered copies": [
+        "strategy.augment_local=1",
+        CAL + "augment=4",
+    ],
     "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [
         TWO,
         CAL + "max_false_query=0.02",
@@ -185,6 +191,8 @@ def baseline_rows(cfg, fed, models, row, b: Baselines, device) -> list[dict]:
                list(b.federated), b.rounds, wf.code_fingerprint(*BASELINE_CODE)]  # fmt: skip
     if cfg.strategy.augment_shots:  # the fine-tuned baselines use the control's recipe, augmentation included
         shaping.append(cfg.strategy.augment_shots)
+    if cfg.strategy.augment_local:
+        shaping.append(("augment_local", cfg.strategy.augment_local))
     key = _key(shaping)
     cached = b.cache / f"baselines-{key}.json" if b.cache is not None else None
     if cached is not None and cached.exists():

@@ -93,6 +93,7 @@ class QKTSpec:
     calibration: CalibrationSpec = CalibrationSpec()
     synthesis: SynthesisSpec = SynthesisSpec()
     augment_shots: int = 0
+    augment_local: int = 0
     mix: MixSpec = MixSpec()
     relation: RelationSpec = RelationSpec()
 
@@ -134,6 +135,18 @@ def with_augmented_shots(data: ImageDataset, query_classes, copies: int, seed: i
     return concat(data, augmented_copies(data, tuple(query_classes), copies, seed))
 
 
+def with_augmented_rows(data: ImageDataset, task: QueryTask, shots: int, local: int, seed: int) -> ImageDataset:
+    """``data`` plus ``shots`` jittered copies of each query shot and ``local`` of each local image.
+
+    Jittering only the shots makes the jitter itself a sign of the query class (jittered local images
+    are then called a query class 3x as often as test images); jittered local copies, labelled with their
+    own class, take that sign away. QKT and the control share this.
+    """
+    extra = augmented_copies(data, tuple(task.local_classes), local, seed + 1) if local > 0 else None
+    data = with_augmented_shots(data, task.query_classes, shots, seed)
+    return concat(data, extra) if extra is not None and len(extra) else data
+
+
 def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, seed: int, device):
     """``(task for the phases, held-out local images or None, info)``.
 
@@ -142,7 +155,7 @@ def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, 
     """
     info: dict[str, float] = {}
     data, held = split_holdout(task.data, task.local_classes, spec.calibration.holdout, seed)
-    data = with_augmented_shots(data, task.query_classes, spec.augment_shots, seed)
+    data = with_augmented_rows(data, task, spec.augment_shots, spec.augment_local, seed)
     if spec.synthesis.per_class > 0 and experts:
         start = time.perf_counter()
         synthetic = invert_experts([(e.model, e.query_classes) for e in experts], data, spec.synthesis, seed, device)
@@ -498,6 +511,7 @@ def balanced_finetune(
     progress=False,
     calibration: CalibrationSpec | None = None,
     augment_shots: int = 0,
+    augment_local: int = 0,
 ):
     """Control: class-balanced CE fine-tuning on ``q``'s own data, no teacher.
 
@@ -507,7 +521,7 @@ def balanced_finetune(
     """
     calibration = calibration or CalibrationSpec()
     data, held = split_holdout(task.data, task.local_classes, calibration.holdout, seed)
-    task = task.with_data(with_augmented_shots(data, task.query_classes, augment_shots, seed))
+    task = task.with_data(with_augmented_rows(data, task, augment_shots, augment_local, seed))
     student = copy.deepcopy(local_model).to(device)
     fit(
         student,
