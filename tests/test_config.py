@@ -25,6 +25,7 @@ from qkt_flower.errors import ConfigError
         ("strategy.calibration.max_false_query=1.5", "strategy.calibration.max_false_query"),
         ("strategy.calibration.holdout=-0.1", "strategy.calibration.holdout"),
         ("strategy.calibration.augment=-1", "strategy.calibration.augment"),
+        ("strategy.augment_local=-1", "strategy.augment_local"),
         ("strategy.phase1.balance_over=all", "strategy.phase1.balance_over"),
         ("strategy.synthesis.per_class=-1", "strategy.synthesis.per_class"),
         ("strategy.augment_shots=-2", "strategy.augment_shots"),
