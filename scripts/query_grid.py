@@ -79,6 +79,11 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "QKT, calibration 10 % on jittered copies": [CAL + "augment=4", CAL + "max_false_query=0.1"],
     "QKT, jittered local images": ["strategy.augment_local=1"],
     "QKT, jittered local images, calibration 5 % on jittered copies": ["strategy.augment_local=1", CAL + "augment=4"],
+    "QKT, jittered local images, calibration 10 % on jittered copies": [
+        "strategy.augment_local=1",
+        CAL + "augment=4",
+        CAL + "max_false_query=0.1",
+    ],
     "QKT, no L_keep": ["strategy.phase2.gamma=0"],
     "QKT, balanced L_keep": ["strategy.kd.keep_balanced=true"],
     "QKT, consistent L_keep": ["strategy.kd.keep_consistent=true"],
@@ -105,6 +110,11 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     "balanced-CE control, jittered local images, calibration 5 % on jittered copies": [
         "strategy.augment_local=1",
         CAL + "augment=4",
+    ],
+    "balanced-CE control, jittered local images, calibration 10 % on jittered copies": [
+        "strategy.augment_local=1",
+        CAL + "augment=4",
+        CAL + "max_false_query=0.1",
     ],
     "balanced-CE control, previous recipe (2 epochs, calibration 2 %)": [
         TWO,

@@ -148,13 +148,14 @@ def with_augmented_rows(data: ImageDataset, task: QueryTask, shots: int, local: 
 
 
 def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, seed: int, device):
-    """``(task for the phases, held-out local images or None, info)``.
+    """``(task for the phases, the client's own images to calibrate on, info)``.
 
-    Sets aside the calibration hold-out (``spec.calibration.holdout``) and adds the images inverted
-    from the experts (``spec.synthesis.per_class``, labelled with their query class).
+    Sets aside the calibration hold-out (``spec.calibration.holdout``), adds the jittered shots and
+    local copies (:func:`with_augmented_rows`) and the images inverted from the experts
+    (``spec.synthesis.per_class``, labelled with their query class).
     """
     info: dict[str, float] = {}
-    data, held = split_holdout(task.data, task.local_classes, spec.calibration.holdout, seed)
+    data, own = calibration_split(task, spec.calibration, seed)
     data = with_augmented_rows(data, task, spec.augment_shots, spec.augment_local, seed)
     if spec.synthesis.per_class > 0 and experts:
         start = time.perf_counter()
@@ -162,20 +163,32 @@ def prepare_transfer_set(task: QueryTask, experts: list[Expert], spec: QKTSpec, 
         data = concat(data, synthetic)
         info["synthesis"] = time.perf_counter() - start
         info["synthetic_images"] = len(synthetic)
-    return task.with_data(data), held, info
+    return task.with_data(data), own, info
+
+
+def calibration_split(task: QueryTask, spec: CalibrationSpec, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """``(images query learning trains on, the client's own images the calibration measures)``.
+
+    The measured images are the hold-out when there is one, else the client's data as it is — never
+    the jittered copies the transfer set adds (``augment_local``): calibrating on jittered copies
+    (``spec.augment``) of those would measure copies of copies, a different and larger set than the
+    same option gives without ``augment_local``.
+    """
+    data, held = split_holdout(task.data, task.local_classes, spec.holdout, seed)
+    return data, held if held is not None else data
 
 
 def calibrate(
-    student: nn.Module, task: QueryTask, held: ImageDataset | None, spec: CalibrationSpec, seed: int, device
+    student: nn.Module, task: QueryTask, own: ImageDataset, spec: CalibrationSpec, seed: int, device
 ) -> float:
     """Apply :func:`~qkt_flower.qkt.calibrate.calibrate_query_bias` if enabled; returns the bias shift.
 
-    Measured on the hold-out when there is one, else on the transfer set; jittered copies of either
-    with ``spec.augment`` (QKT and the control share this, so they are calibrated alike).
+    Measured on ``own`` (from :func:`calibration_split`), or on jittered copies of it with
+    ``spec.augment``; QKT and the control share this, so they are calibrated alike.
     """
     if spec.max_false_query is None:
         return 0.0
-    images = calibration_images(held if held is not None else task.data, task.local_classes, spec, seed)
+    images = calibration_images(own, task.local_classes, spec, seed)
     return calibrate_query_bias(student, images, task.query_classes, task.local_classes, spec.max_false_query, device)
 
 
@@ -470,7 +483,7 @@ def query_learning(
         raise ValueError(f"QKT mode {spec.mode!r} is not one of {MODES}")
     seconds: dict[str, float] = {}
     history: dict[str, list] = {}
-    task, held, prep = prepare_transfer_set(task, experts, spec, seed, device)
+    task, own, prep = prepare_transfer_set(task, experts, spec, seed, device)
     if "synthesis" in prep:
         seconds["synthesis"] = prep["synthesis"]
     start = time.perf_counter()
@@ -496,7 +509,7 @@ def query_learning(
         if on_phase_end is not None:
             on_phase_end(name, student)
     student.eval()
-    shift = calibrate(student, task, held, spec.calibration, seed, device)
+    shift = calibrate(student, task, own, spec.calibration, seed, device)
     if on_phase_end is not None and spec.calibration.max_false_query is not None:
         on_phase_end("calibrated", student)
     return student, {"history": history, "seconds": seconds, "calibration_shift": shift}
@@ -520,7 +533,7 @@ def balanced_finetune(
     the teachers' contribution alone.
     """
     calibration = calibration or CalibrationSpec()
-    data, held = split_holdout(task.data, task.local_classes, calibration.holdout, seed)
+    data, own = calibration_split(task, calibration, seed)
     task = task.with_data(with_augmented_rows(data, task, augment_shots, augment_local, seed))
     student = copy.deepcopy(local_model).to(device)
     fit(
@@ -533,5 +546,5 @@ def balanced_finetune(
         progress=progress,
     )
     student.eval()
-    calibrate(student, task, held, calibration, seed, device)
+    calibrate(student, task, own, calibration, seed, device)
     return student

@@ -25,7 +25,9 @@ from qkt_flower.qkt.phases import (
     QueryDistillation,
     QueryTask,
     balanced_finetune,
+    calibration_split,
     consistent_pairs,
+    prepare_transfer_set,
     query_learning,
     shot_trust,
 )
@@ -155,6 +157,21 @@ def test_jittered_calibration_bounds_false_queries_on_the_copies_for_qkt_and_the
             pred = model((copies.images.float() / 255 - 0.5) / 0.25).argmax(-1)
         assert not bool((pred == 2).any())  # max_false_query = 0 on the very copies both were calibrated on
     assert info["calibration_shift"] > 0
+
+
+def test_calibration_measures_the_clients_own_images_not_the_transfer_sets_jittered_copies():
+    data, task = _data(), QueryTask(_data(), (2,), (0, 1))
+    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
+    calibration = CalibrationSpec(0.05, augment=3)
+    spec = QKTSpec("joint", phase, phase, calibration=calibration, augment_shots=4, augment_local=2)
+    grown, own, _ = prepare_transfer_set(task, [], spec, seed=5, device="cpu")
+    local_rows = int((data.labels < 2).sum())
+    shots = len(data) - local_rows
+    assert len(grown.data) == len(data) + 4 * shots + 2 * local_rows  # the transfer set holds the copies ...
+    assert torch.equal(own.images, data.images) and torch.equal(own.labels, data.labels)  # ... calibration does not
+    held_spec = dataclasses.replace(spec.calibration, holdout=0.25)
+    train, held = calibration_split(task, held_spec, seed=5)
+    assert len(held) == len(split_holdout(data, (0, 1), 0.25, seed=5)[1]) and len(train) + len(held) == len(data)
 
 
 def test_inversion_yields_images_the_expert_calls_the_query_class():
