@@ -50,34 +50,38 @@ BASELINE_CODE = (averaging, distill, ensemble, proximal, calibrate, evaluate, ph
                  wf.control_model)  # fmt: skip
 """The code behind the cached baseline rows (with the local models' and the FedAvg globals' own keys)."""
 CAL = "strategy.calibration."
-NO_AUG = "strategy.augment_shots=0"
+NO_JIT = "strategy.augment_local=0"
+OWN_CAL = [NO_JIT, CAL + "augment=0"]  # calibration on the client's own images, no jittered local copies (< session 24)
+NO_AUG = ["strategy.augment_shots=0", *OWN_CAL]  # no jitter anywhere: shots, local images, calibration
 TWO = "strategy.mode=two-phase"
 FIXED_EPOCH = ["strategy.phase1.epoch_samples=320", "strategy.phase2.epoch_samples=320"]  # today's default
 DATA_EPOCH = ["strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null"]  # one pass over q's data
 VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines are handled apart)
-    # joint phase + augmented shots + consistent KD + calibration 5 % (chosen from this grid) + 320 samples per
-    # epoch (chosen on the data-size grid, results/query_grid_data_size.md)
+    # joint phase + augmented shots + consistent KD + 320 samples per epoch (chosen on the data-size grid,
+    # results/query_grid_data_size.md) + jittered local images and calibration 5 % on jittered copies (the one
+    # recipe that keeps local within 2 points on 2- and 10-epoch local models, results/query_grid_one_recipe.md)
     "QKT (default)": [],
-    "QKT, two phases (previous default)": [TWO, CAL + "max_false_query=0.02", *DATA_EPOCH],
+    "QKT, calibration 5 % on own images (previous default)": OWN_CAL,
+    "QKT, two phases (previous default)": [TWO, CAL + "max_false_query=0.02", *DATA_EPOCH, *OWN_CAL],
     "QKT, two phases, calibration 5 %": [TWO],
     "QKT, paper recipe (two phases, no augmentation, no consistent KD)": [  # the paper's epochs: passes over the data
         TWO,
-        NO_AUG,
+        *NO_AUG,
         "strategy.kd.consistent=false",
         CAL + "max_false_query=0.02",
         *DATA_EPOCH,
     ],
     "QKT, 320 samples per epoch": FIXED_EPOCH,  # = today's default, by name (the data-size grid's rows use it)
-    "QKT, epochs over the transfer set (previous default)": DATA_EPOCH,  # steps grow with the client's data
-    "QKT, no augmentation": [NO_AUG],
+    "QKT, epochs over the transfer set (previous default)": [*DATA_EPOCH, *OWN_CAL],  # steps grow with the data
+    "QKT, no augmentation": NO_AUG,
     "QKT, no consistent KD": ["strategy.kd.consistent=false"],
     "QKT, no calibration": [CAL + "max_false_query=null"],
     "QKT, calibration 2 %": [CAL + "max_false_query=0.02"],
     "QKT, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
     "QKT, calibration 2 % on 20 % hold-out": [CAL + "max_false_query=0.02", CAL + "holdout=0.2"],
-    "QKT, calibration 5 % on jittered copies": [CAL + "augment=4"],
-    "QKT, calibration 10 % on jittered copies": [CAL + "augment=4", CAL + "max_false_query=0.1"],
-    "QKT, jittered local images": ["strategy.augment_local=1"],
+    "QKT, calibration 5 % on jittered copies": [NO_JIT, CAL + "augment=4"],
+    "QKT, calibration 10 % on jittered copies": [NO_JIT, CAL + "augment=4", CAL + "max_false_query=0.1"],
+    "QKT, jittered local images": ["strategy.augment_local=1", CAL + "augment=0"],
     "QKT, jittered local images, calibration 5 % on jittered copies": ["strategy.augment_local=1", CAL + "augment=4"],
     "QKT, jittered local images, calibration 10 % on jittered copies": [
         "strategy.augment_local=1",
@@ -101,12 +105,17 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
     ],
     "QKT Light": ["strategy.mode=light"],
     # the control trains for QKT's whole-network epochs (joint: phase 1's + phase 2's; two phases: phase 1's)
-    "balanced-CE control": [],  # augmented shots + calibration 5 %, QKT's default budget (7 epochs of 320 draws)
+    "balanced-CE control": [],  # QKT's default recipe (jitter, calibration) and budget (7 epochs of 320 draws)
+    "balanced-CE control, calibration 5 % on own images (previous default)": OWN_CAL,
     "balanced-CE control, no calibration": [CAL + "max_false_query=null"],
     "balanced-CE control, calibration 2 %": [CAL + "max_false_query=0.02"],
     "balanced-CE control, calibration on 20 % hold-out": [CAL + "holdout=0.2"],
-    "balanced-CE control, calibration 5 % on jittered copies": [CAL + "augment=4"],
-    "balanced-CE control, calibration 10 % on jittered copies": [CAL + "augment=4", CAL + "max_false_query=0.1"],
+    "balanced-CE control, calibration 5 % on jittered copies": [NO_JIT, CAL + "augment=4"],
+    "balanced-CE control, calibration 10 % on jittered copies": [
+        NO_JIT,
+        CAL + "augment=4",
+        CAL + "max_false_query=0.1",
+    ],
     "balanced-CE control, jittered local images, calibration 5 % on jittered copies": [
         "strategy.augment_local=1",
         CAL + "augment=4",
@@ -120,11 +129,12 @@ VARIANTS = {  # name -> overrides on top of the defaults ("control" / baselines 
         TWO,
         CAL + "max_false_query=0.02",
         *DATA_EPOCH,
+        *OWN_CAL,
     ],
-    "balanced-CE control, no augmentation": [NO_AUG],
+    "balanced-CE control, no augmentation": NO_AUG,
     "balanced-CE control, 320 samples per epoch": FIXED_EPOCH,
     "balanced-CE control, epochs over the transfer set": DATA_EPOCH,
-    "balanced-CE control, no augmentation, no calibration": [NO_AUG, CAL + "max_false_query=null"],
+    "balanced-CE control, no augmentation, no calibration": [*NO_AUG, CAL + "max_false_query=null"],
 }
 GRID = [  # what the default grid runs (every name of VARIANTS can be asked for with --variants)
     "QKT (default)",

@@ -51,8 +51,8 @@ def test_without_calibration_the_query_is_learnt_at_a_local_cost(small_run):
     assert calibrated["after"]["local_acc"] >= calibrated["before"]["local_acc"] - allowed - 0.01
     assert raw["after"]["query_acc"] > calibrated["after"]["query_acc"] + 0.1
     assert raw["after"]["local_acc"] < calibrated["after"]["local_acc"] - 0.05
-    # uncalibrated, local accuracy falls further than the calibration's tolerance allows
-    assert raw["after"]["local_acc"] < raw["before"]["local_acc"] - allowed - 0.01
+    # uncalibrated, local accuracy leaves the issue's 2-point band (jittered local images alone do not keep it)
+    assert raw["after"]["local_acc"] < raw["before"]["local_acc"] - 0.02
     assert set(small_run["query_classes"]).isdisjoint(small_run["local_classes"])
 
 
@@ -114,14 +114,15 @@ def test_cli_writes_results_and_resolved_config(tmp_path):
 def test_full_data_paper_recipe_meets_the_claim():
     """The paper recipe on all of Fashion-MNIST: a large query gain at a small local cost.
 
-    The paper recipe = the paper's two phases with epochs over the data, calibration 2 %, no augmented shots, no
-    consistent KD (the grid's "QKT, paper recipe" row). This cell (coat for a T-shirt/shirt client) is the
-    look-alike case where the paper recipe is far ahead of today's default (72.0 vs 45.9 % query accuracy on the
-    data-size grid; the default leads on average over sizes, README).
+    The paper recipe = the paper's two phases with epochs over the data, calibration 2 % on the client's own
+    images, no jittered shots or local images, no consistent KD (the grid's "QKT, paper recipe" row). This cell
+    (coat for a T-shirt/shirt client) is the look-alike case where the paper recipe was far ahead of the session-21
+    default (72.0 vs 45.9 % query accuracy on the data-size grid; the default led on average over sizes,
+    docs/RESULTS_LOG.md).
     """
     recipe = ["strategy.mode=two-phase", "strategy.calibration.max_false_query=0.02", "strategy.augment_shots=0",
-              "strategy.kd.consistent=false", "strategy.phase1.epoch_samples=null",
-              "strategy.phase2.epoch_samples=null"]  # fmt: skip
+              "strategy.augment_local=0", "strategy.calibration.augment=0", "strategy.kd.consistent=false",
+              "strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null"]  # fmt: skip
     r = run_reference(load_config(["progress=false", *recipe]))
     assert r["after"]["query_acc"] - r["before"]["query_acc"] > 0.5
     assert r["after"]["local_acc"] >= r["before"]["local_acc"] - 0.04
