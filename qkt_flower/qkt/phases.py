@@ -2,7 +2,7 @@
 
 Each phase is a loss step for :func:`qkt_flower.qkt.engine.fit`, returning named losses. Teacher
 (and original-model) logits over the transfer set are computed once, up front, and looked up by
-sample position: the transfer set is ``q``'s own data, without augmentation, so this is exact and
+sample position: the transfer set is ``q``'s own data plus jittered copies made once, up front, so this is exact and
 saves one forward pass per expert per batch.
 
 Terms (see ``shared/QKT.md``):
