@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import claim_table  # noqa: E402
 import plot  # noqa: E402
 import query_grid  # noqa: E402
 
@@ -66,3 +67,13 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
     # the trade-off figure is drawn from the grid's own grid.json
     plot.main([str(tmp_path / "grid")])
     assert (tmp_path / "grid" / "trade_off.png").stat().st_size > 10_000
+
+    # the claim table across grids: one column per (label, query size, split), the three conditions per column
+    claim_table.main(["A=" + str(tmp_path / "grid"), "B=" + str(tmp_path / "grid"), "--qkt", "QKT Light",
+                      "--out", str(tmp_path / "claim")])  # fmt: skip
+    claim = json.loads((tmp_path / "claim" / "claim.json").read_text())
+    assert list(claim["passed"]) == ["A 1-cl path.", "B 1-cl path."]
+    conditions = query_grid.claim_conditions(again["table"], 20.0, "QKT Light")  # the last grid.json's QKT row
+    assert claim["passed"]["A 1-cl path."] == [ok for ok, _ in conditions]
+    text = (tmp_path / "claim" / "claim.md").read_text()
+    assert "| QKT Light |" in text and text.count("PASS") + text.count("FAIL") == 6
