@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from qkt_flower import workflow as wf
 from qkt_flower.baselines import averaging, distill, ensemble, proximal
-from qkt_flower.config import load_config
+from qkt_flower.config import CONF_DIR, load_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataNotFoundError
 from qkt_flower.qkt import calibrate, evaluate, phases
@@ -326,6 +326,20 @@ def margin_for(queries) -> float:
     return 14.0 if any("," in q for q in queries) else 20.0
 
 
+def conf_fingerprint(conf_dir: Path = CONF_DIR) -> str:
+    """Hash of every YAML file under ``conf/`` (names and contents).
+
+    Every cell composes its config from ``conf/`` when it starts, so a default edited while a grid runs
+    silently splits its rows between two sets of defaults (a frozen copy of this script does not freeze
+    ``conf/``): the grid compares this fingerprint after every cell and stops when it changed.
+    """
+    h = hashlib.sha256()
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        h.update(path.relative_to(conf_dir).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
@@ -372,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     cells = [(p, s, q) for p in args.partitions for s in args.seeds for q in args.queries]
     partial = args.out / "rows.jsonl"  # every finished cell's rows, as they come: a stopped grid keeps them
     partial.write_text("")
-    for part, seed, query in tqdm(cells, desc="query grid", unit="cell"):
+    conf = conf_fingerprint()
+    for done, (part, seed, query) in enumerate(tqdm(cells, desc="query grid", unit="cell"), 1):
         overrides = [f"partition={part}", f"seed={seed}", f"query.classes={query}", "progress=false",
                      f"local.cache_dir={args.out / 'cache'}", *args.extra]  # fmt: skip
         try:
@@ -387,6 +402,12 @@ def main(argv: list[str] | None = None) -> None:
         with partial.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in new)
         rows += new
+        if conf_fingerprint() != conf:
+            print(f"error: conf/ changed while the grid ran (after cell {done} of {len(cells)}): the next cells "
+                  f"would use other defaults. The finished cells are in {partial} (--from-rows tables them); undo the "
+                  "edit and re-run, or re-run the grid on the new defaults.",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(2)
     minutes = (time.perf_counter() - start) / 60
     report(args, rows, skipped, f"{len(cells) - len(skipped)} cells ({len(skipped)} skipped), {minutes:.1f} min.",
            minutes)  # fmt: skip

@@ -77,3 +77,18 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
     assert claim["passed"]["A 1-cl path."] == [ok for ok, _ in conditions]
     text = (tmp_path / "claim" / "claim.md").read_text()
     assert "| QKT Light |" in text and text.count("PASS") + text.count("FAIL") == 6
+
+
+def test_conf_fingerprint_follows_every_yaml_under_conf(tmp_path):
+    """The grid stops when conf/ changes mid-run; this is the fingerprint it compares after every cell."""
+    (tmp_path / "strategy").mkdir()
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "strategy" / "qkt.yaml").write_text("augment_local: 1\n")
+    first = query_grid.conf_fingerprint(tmp_path)
+    assert query_grid.conf_fingerprint(tmp_path) == first
+    (tmp_path / "strategy" / "qkt.yaml").write_text("augment_local: 0\n")  # a default edited in a group
+    edited = query_grid.conf_fingerprint(tmp_path)
+    assert edited != first
+    (tmp_path / "strategy" / "qkt.yaml").rename(tmp_path / "strategy" / "other.yaml")  # same text, other option
+    assert query_grid.conf_fingerprint(tmp_path) not in (first, edited)
+    assert query_grid.conf_fingerprint() == query_grid.conf_fingerprint(query_grid.CONF_DIR)  # the repo's conf/
