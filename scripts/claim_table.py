@@ -24,9 +24,9 @@ SPLITS = {"pathological": "path.", "dirichlet": "Dir.", "iid": "IID"}
 CONDITIONS = ("best mean(q,l)", "local within 2", "query margin")
 
 
-def columns(grids: list[tuple[str, Path]]) -> dict[str, list[dict]]:
-    """``{column name: that column's summary rows}`` in the order the grids were given."""
-    out: dict[str, list[dict]] = {}
+def columns(grids: list[tuple[str, Path]]) -> dict[str, tuple[list[dict], float]]:
+    """``{column name: (that column's summary rows, its query margin)}`` in the order the grids were given."""
+    out: dict[str, tuple[list[dict], float]] = {}
     for label, folder in grids:
         path = folder / "grid.json"
         if not path.is_file():
@@ -36,27 +36,28 @@ def columns(grids: list[tuple[str, Path]]) -> dict[str, list[dict]]:
             queries = {r["query"] for r in grid["rows"] if r["partition"] == split}
             size = max(len(json.loads(q)) for q in queries)
             name = f"{label} {size}-cl {SPLITS.get(split, split)}"
-            out[name] = [{**r, "margin": margin_for(queries)} for r in grid["table"] if r["partition"] == split]
+            out[name] = ([r for r in grid["table"] if r["partition"] == split], margin_for(queries))
     return out
 
 
-def claim_table(cols: dict[str, list[dict]], qkt: str) -> tuple[str, dict]:
+def claim_table(cols: dict[str, tuple[list[dict], float]], qkt: str) -> tuple[str, dict]:
     """Markdown table and its JSON: every method's query (Δlocal) per column, then the conditions for ``qkt``."""
-    methods = list(dict.fromkeys(r["method"] for rows in cols.values() for r in rows))
+    methods = list(dict.fromkeys(r["method"] for rows, _ in cols.values() for r in rows))
     lines = ["| query (Δlocal) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m in methods:
         cells = []
-        for rows in cols.values():
+        for rows, _ in cols.values():
             r = next((r for r in rows if r["method"] == m), None)
             cells.append("" if r is None else f"{r['query_acc']:.1f} ({r['local_delta']:+.1f})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    checks = {name: claim_conditions(rows, rows[0]["margin"], qkt) for name, rows in cols.items()}
+    checks = {name: claim_conditions(rows, margin, qkt) for name, (rows, margin) in cols.items()}
     for i, condition in enumerate(CONDITIONS):
-        cells = ["—" if c is None else f"{'PASS' if c[i][0] else 'FAIL'}: {c[i][1].split(': ', 1)[1]}"
-                 for c in checks.values()]  # fmt: skip
+        cells = ["—" if c is None else f"{'PASS' if c[i][0] else 'FAIL'}: {c[i][2]}" for c in checks.values()]
         lines.append(f"| **{condition}** | " + " | ".join(cells) + " |")
-    passed = {name: None if c is None else [ok for ok, _ in c] for name, c in checks.items()}
-    return re.sub(r"(?<![\w-])-(?=\d)", "−", "\n".join(lines)), {"columns": cols, "passed": passed}
+    passed = {name: None if c is None else [ok for ok, _, _ in c] for name, c in checks.items()}
+    data = {"columns": {name: {"margin": margin, "rows": rows} for name, (rows, margin) in cols.items()},
+            "passed": passed}  # fmt: skip
+    return re.sub(r"(?<![\w-])-(?=\d)", "−", "\n".join(lines)), data
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,7 +74,7 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
     claim = json.loads((tmp_path / "claim" / "claim.json").read_text())
     assert list(claim["passed"]) == ["A 1-cl path.", "B 1-cl path."]
     conditions = query_grid.claim_conditions(again["table"], 20.0, "QKT Light")  # the last grid.json's QKT row
-    assert claim["passed"]["A 1-cl path."] == [ok for ok, _ in conditions]
+    assert claim["passed"]["A 1-cl path."] == [ok for ok, _, _ in conditions]
     text = (tmp_path / "claim" / "claim.md").read_text()
     assert "| QKT Light |" in text and text.count("PASS") + text.count("FAIL") == 6
 
