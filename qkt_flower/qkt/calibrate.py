@@ -55,6 +55,13 @@ def query_margins(logits: torch.Tensor, query_classes: tuple[int, ...]) -> torch
     return logits[:, q].max(dim=-1).values - logits[:, ~q].max(dim=-1).values
 
 
+def non_query_argmax(logits: torch.Tensor, query_classes: tuple[int, ...]) -> torch.Tensor:
+    """Per row: the best class that is not a query class (what the prediction becomes once the query loses)."""
+    masked = logits.clone()
+    masked[:, list(query_classes)] = float("-inf")
+    return masked.argmax(dim=-1)
+
+
 def query_bias_shift(margins: torch.Tensor, max_false_query: float) -> float:
     """Smallest shift ``b ≥ 0`` with ``mean(margins - b > 0) ≤ max_false_query``."""
     if margins.numel() == 0:
@@ -65,6 +72,30 @@ def query_bias_shift(margins: torch.Tensor, max_false_query: float) -> float:
     ranked = torch.sort(margins, descending=True).values
     edge = float(ranked[allowed])  # this row must end strictly below 0; a small slack absorbs float rounding
     return max(edge + 1e-5 * (1.0 + abs(edge)), 0.0) if edge >= 0 else 0.0
+
+
+def accuracy_keeping_shift(
+    margins: torch.Tensor, right_otherwise: torch.Tensor, original_right: torch.Tensor, max_local_drop: float
+) -> float | None:
+    """Smallest shift ``b ≥ 0`` whose accuracy stays within ``max_local_drop`` of the original model's.
+
+    Not a default: ``scripts/calibration_frontier.py`` uses it for the rules that spend the accuracy the
+    new model gained, and for the test oracle (the smallest shift that keeps the test band).
+
+    ``margins``: :func:`query_margins` of the new model on local images; ``right_otherwise``: its best
+    non-query class is the true label; ``original_right``: the original model gets the image right.
+    Every label is a local class, so after a shift ``b`` an image is right iff ``right_otherwise`` and
+    its margin drops to ``≤ b``: accuracy only grows with ``b``, and the smallest shift is the
+    false-query bound of :func:`query_bias_shift` over the otherwise-right images, with a budget of the
+    accuracy the new model may lose: its accuracy without query predictions − (original's − drop).
+    ``None`` when even removing every query prediction does not reach that accuracy.
+    """
+    if margins.numel() == 0:
+        return 0.0
+    budget = float(right_otherwise.float().mean() - original_right.float().mean()) + max_local_drop
+    if budget < 0:
+        return None
+    return query_bias_shift(torch.where(right_otherwise, margins, torch.full_like(margins, -1.0)), budget)
 
 
 def split_holdout(data: ImageDataset, local_classes: tuple[int, ...], share: float, seed: int):

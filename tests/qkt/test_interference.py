@@ -11,6 +11,7 @@ from qkt_flower.data.loaders import Batch
 from qkt_flower.models.cnn import SmallCNN
 from qkt_flower.qkt.calibrate import (
     CalibrationSpec,
+    accuracy_keeping_shift,
     calibrate_query_bias,
     calibration_images,
     query_bias_shift,
@@ -44,6 +45,21 @@ def test_query_margins_and_shift_by_hand():
     assert query_bias_shift(m, 0.0) > 2.0  # strictly: a row exactly at 0 would tie
     assert query_bias_shift(m, 0.5) == 0.0  # already at most half
     assert query_bias_shift(m[m < 0], 0.0) == 0.0  # never raises the query bias
+
+
+def test_accuracy_keeping_shift_spends_only_the_accuracy_the_new_model_gained_by_hand():
+    margins = torch.tensor([2.0, 1.0, 0.5, -1.0])  # rows 0-2 are called the query class, row 3 is not
+    right_otherwise = torch.tensor([True, True, False, True])  # without the query, rows 0, 1 and 3 are right
+    # the original got 2 of 4 right; without query predictions the new model gets 3: one row may stay a false query
+    original = torch.tensor([True, True, False, False])
+    assert accuracy_keeping_shift(margins, right_otherwise, original, 0.0) == pytest.approx(1.0, abs=1e-4)
+    # a 25-point drop allowed: both right-otherwise rows may stay false queries, row 2 costs nothing
+    assert accuracy_keeping_shift(margins, right_otherwise, original, 0.25) == 0.0
+    # the original got 3 right: every right-otherwise row must leave the query class (strictly: shift > 2)
+    three = torch.tensor([True, True, True, False])
+    assert accuracy_keeping_shift(margins, right_otherwise, three, 0.0) > 2.0
+    # the original got all 4 right: no shift reaches it, the caller keeps its false-query bound
+    assert accuracy_keeping_shift(margins, right_otherwise, torch.ones(4, dtype=torch.bool), 0.0) is None
 
 
 class _Linear(nn.Module):

@@ -92,3 +92,27 @@ def test_conf_fingerprint_follows_every_yaml_under_conf(tmp_path):
     (tmp_path / "strategy" / "qkt.yaml").rename(tmp_path / "strategy" / "other.yaml")  # same text, other option
     assert query_grid.conf_fingerprint(tmp_path) not in (first, edited)
     assert query_grid.conf_fingerprint() == query_grid.conf_fingerprint(query_grid.CONF_DIR)  # the repo's conf/
+
+
+def test_calibration_frontier_reproduces_the_calibrated_rows_and_bounds_every_rule_by_the_oracle(tmp_path):
+    """The default rule applied post hoc gives the grid's calibrated rows; the oracle keeps the test band per cell."""
+    import calibration_frontier
+
+    extra = ["dataset.train_per_class=60", "dataset.test_per_class=40", "local.epochs=1", "strategy.probe.n=32"]
+    calibration_frontier.main(["--partitions", "pathological", "--seeds", "0", "--queries", "[2]",
+                               "--out", str(tmp_path / "frontier"), "--extra", *extra])  # fmt: skip
+    result = json.loads((tmp_path / "frontier" / "frontier.json").read_text())
+    rows = {(r["method"], r["rule"]): r for r in result["rows"]}
+    assert len(rows) == 2 * len(calibration_frontier.RULES)
+    overrides = ["partition=pathological", "seed=0", "query.classes=[2]", "progress=false",
+                 f"local.cache_dir={tmp_path / 'frontier' / 'cache'}", *extra]  # fmt: skip
+    grid = {r["method"]: r for r in query_grid.run_cell(overrides, "cpu", None, {
+        "QKT (default)": [], "balanced-CE control": []})}  # fmt: skip
+    for method, grid_name in (("QKT", "QKT (default)"), ("balanced-CE control", "balanced-CE control")):
+        default = rows[(method, "false queries ≤ budget (default)")]
+        assert default["query_acc"] == grid[grid_name]["query_acc"]
+        assert default["local_acc"] == grid[grid_name]["local_acc"]
+        oracle = rows[(method, "TEST ORACLE: every cell within 2 points")]
+        assert oracle["local_delta"] >= -2.0 - 1e-9
+        uncalibrated = rows[(method, "no calibration")]
+        assert oracle["query_acc"] <= uncalibrated["query_acc"] + 1e-9  # a shift only ever lowers query accuracy

@@ -1,0 +1,283 @@
+"""How much can *any* query-bias calibration give? Rules compared on the same trained models, with a test oracle.
+
+Every cell of the interference grid trains QKT and the balanced-CE control once, on today's recipe but
+*without* calibration, and keeps their logits (and the local model's) on the calibration images (jittered
+copies of the client's local images, as the default measures), on the client's own images and on the test
+view. Each rule then sets the query-bias shift from what the client can see, and the shifted test logits are
+scored — seconds per rule instead of a grid run per rule. The default rule reproduces the grid's
+"QKT (default)" / "balanced-CE control" rows.
+
+The *test oracle* is not a method: per cell, the smallest shift that keeps the test local accuracy within
+2 (or 1) points of the local model. It is the most query accuracy a single shift can buy inside the band on
+every cell; a rule can only approach it.
+
+    python scripts/calibration_frontier.py --extra dataset.train_per_class=300 dataset.test_per_class=200 \
+        local.epochs=10 --out outputs/frontier_p10
+    python scripts/calibration_frontier.py --queries "[0,2,4]" "[2,4,6]" "[0,4,6]" --out outputs/frontier_multi
+
+Prints mean query / local / Δlocal / worst-cell Δlocal per (split, method, rule); writes ``frontier.md``,
+``frontier.json`` and ``rows.jsonl`` (cell by cell) under ``--out``. Local models are cached under
+``--out/cache`` (copy a query grid's cache there to reuse its local models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from qkt_flower import workflow as wf
+from qkt_flower.config import load_config
+from qkt_flower.data.federation import build_federation
+from qkt_flower.data.loaders import INFERENCE_BATCH, image_batches
+from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.qkt.calibrate import (
+    CalibrationSpec,
+    accuracy_keeping_shift,
+    calibration_images,
+    non_query_argmax,
+    query_bias_shift,
+    query_margins,
+)
+from qkt_flower.qkt.engine import predict_logits
+from qkt_flower.qkt.phases import calibration_split
+from qkt_flower.results import mean_std
+
+UNCALIBRATED = "strategy.calibration.max_false_query=null"
+
+
+@dataclass
+class Logits:
+    """One trained model and the local model on one set of images: ``new`` / ``local`` logits, labels."""
+
+    new: torch.Tensor
+    local: torch.Tensor
+    labels: torch.Tensor
+
+    def only(self, classes: tuple[int, ...]) -> Logits:
+        """The rows whose label is one of ``classes``."""
+        keep = torch.isin(self.labels, torch.tensor(classes, dtype=self.labels.dtype))
+        return Logits(self.new[keep], self.local[keep], self.labels[keep])
+
+    def right_otherwise(self, query: tuple[int, ...]) -> torch.Tensor:
+        """The new model's best non-query class is the label (right once it stops calling it a query class)."""
+        return non_query_argmax(self.new, query) == self.labels
+
+    def local_right(self) -> torch.Tensor:
+        """The local model gets the row right."""
+        return self.local.argmax(-1) == self.labels
+
+
+@dataclass
+class Cell:
+    """What a rule may use (``calibration``: jittered copies, ``own``: the images) and the test view it is scored on."""
+
+    query: tuple[int, ...]
+    local_classes: tuple[int, ...]
+    budget: float
+    calibration: Logits
+    own: Logits
+    test: Logits
+
+
+Rule = Callable[[Cell], float]
+
+
+def false_queries(scale: float = 1.0) -> Rule:
+    """Today's rule: at most ``budget`` of the calibration images called a query class."""
+    return lambda c: query_bias_shift(query_margins(c.calibration.new, c.query), scale * c.budget)
+
+
+def no_calibration(c: Cell) -> float:
+    return 0.0
+
+
+def net_false_queries(c: Cell) -> float:
+    """Count only the images the local model gets right: the others cost no local accuracy."""
+    margins = query_margins(c.calibration.new, c.query)
+    margins = torch.where(c.calibration.local_right(), margins, torch.full_like(margins, -1.0))
+    return query_bias_shift(margins, c.budget)
+
+
+def spend_gain(on: str) -> Rule:
+    """Lower today's shift while the accuracy the new model gained (on ``on`` images) pays for the false queries.
+
+    The false queries are counted on the calibration images, among those the new model gets right otherwise;
+    the gain is its accuracy there without query predictions minus the local model's, on the jittered copies
+    (``on="calibration"``) or on the client's own images (``on="own"``). Never above today's shift.
+    """
+
+    def rule(c: Cell) -> float:
+        cap = false_queries()(c)
+        gained = getattr(c, on)
+        gain = float(gained.right_otherwise(c.query).float().mean() - gained.local_right().float().mean())
+        margins = query_margins(c.calibration.new, c.query)
+        right = c.calibration.right_otherwise(c.query)
+        if gain < 0:
+            return cap
+        return min(cap, query_bias_shift(torch.where(right, margins, torch.full_like(margins, -1.0)), gain))
+
+    return rule
+
+
+def test_oracle(points: float) -> Rule:
+    """Per cell, the smallest shift that keeps the *test* local accuracy within ``points`` of the local model."""
+
+    def rule(c: Cell) -> float:
+        t = c.test.only(c.local_classes)
+        shift = accuracy_keeping_shift(query_margins(t.new, c.query), t.right_otherwise(c.query), t.local_right(),
+                                       points / 100)  # fmt: skip
+        return float("inf") if shift is None else shift
+
+    return rule
+
+
+RULES: dict[str, Rule] = {
+    "false queries ≤ budget (default)": false_queries(),
+    "false queries ≤ 2 × budget": false_queries(2.0),
+    "no calibration": no_calibration,
+    "net false queries ≤ budget (local model right)": net_false_queries,
+    "spend the gain on jittered copies": spend_gain("calibration"),
+    "spend the gain on own images": spend_gain("own"),
+    "TEST ORACLE: every cell within 2 points": test_oracle(2.0),
+    "TEST ORACLE: every cell within 1 point": test_oracle(1.0),
+}
+
+
+def _logits(new, local, data, device) -> Logits:
+    a, labels = predict_logits(new, image_batches(data, INFERENCE_BATCH, device=device))
+    b, _ = predict_logits(local, image_batches(data, INFERENCE_BATCH, device=device))
+    return Logits(a.cpu(), b.cpu(), labels.cpu())
+
+
+def trained_cells(overrides: list[str], device) -> dict[str, Cell]:
+    """QKT and the control, trained uncalibrated on one (partition, seed, query) cell."""
+    spec = load_config(overrides).strategy.calibration
+    if spec.max_false_query is None:
+        raise ValueError("the rules' budget is strategy.calibration.max_false_query: it must not be null here")
+    cfg = load_config([*overrides, UNCALIBRATED])
+    torch.manual_seed(cfg.seed)
+    fed = build_federation(cfg)
+    s = fed.scenario
+    models = {k: wf.train_client(cfg, fed, k, device) for k in range(fed.num_clients)}
+    local = models[s.client].eval()
+    teachers = {k: m for k, m in models.items() if k != s.client}
+    scores = {k: wf.answer_probe(cfg, m, fed.train.input_shape, device) for k, m in teachers.items()}
+    masks, selection = wf.choose_experts(cfg, scores, s.query_classes)
+    qkt, _ = wf.learn_query(cfg, fed, local, wf.make_experts(models, masks, selection), device)
+    trained = {"QKT": qkt.eval(), "balanced-CE control": wf.control_model(cfg, fed, local, device).eval()}
+    task = wf.query_task(fed)
+    calib = CalibrationSpec(**asdict(spec))
+    _, own = calibration_split(task, calib, cfg.seed)
+    copies = calibration_images(own, s.local_classes, calib, cfg.seed)
+    out = {}
+    for name, model in trained.items():
+        out[name] = Cell(s.query_classes, s.local_classes, spec.max_false_query,
+                         _logits(model, local, copies, device).only(s.local_classes),
+                         _logits(model, local, own, device).only(s.local_classes),
+                         _logits(model, local, fed.test_view(), device))  # fmt: skip
+    return out
+
+
+def score(cell: Cell, shift: float) -> dict[str, float]:
+    """Test query / local accuracy (%) after lowering the query biases by ``shift``, and Δlocal."""
+    logits = cell.test.new.clone()
+    logits[:, list(cell.query)] -= shift
+    pred, labels = logits.argmax(-1), cell.test.labels
+
+    def acc(classes):
+        sel = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
+        return 100 * float((pred[sel] == labels[sel]).float().mean())
+
+    before = cell.test.only(cell.local_classes)
+    local_model = 100 * float(before.local_right().float().mean())
+    q, loc = acc(cell.query), acc(cell.local_classes)
+    return {
+        "query_acc": q,
+        "local_acc": loc,
+        "local_delta": loc - local_model,
+        "mean_acc": (q + loc) / 2,
+        "shift": None if shift == float("inf") else shift,
+    }  # shift None: no single shift keeps the band (the oracle on such a cell)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean per (partition, method, rule) over cells, with the worst cell's Δlocal."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["partition"], r["method"], r["rule"]), []).append(r)
+    out = []
+    for (part, method, rule), members in groups.items():
+        agg = {"partition": part, "method": method, "rule": rule, "cells": len(members)}
+        for col in ("query_acc", "local_acc", "local_delta", "mean_acc"):
+            agg[col], agg[f"{col}_std"] = mean_std([m[col] for m in members])
+        agg["worst_local_delta"] = min(m["local_delta"] for m in members)
+        out.append(agg)
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    lines = []
+    for part in dict.fromkeys(r["partition"] for r in table):
+        lines += [f"**{part}**", "", "| method | rule | query | local | Δlocal | worst cell Δlocal | mean(q,l) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in (r for r in table if r["partition"] == part):
+            lines.append(f"| {r['method']} | {r['rule']} | {r['query_acc']:.1f} ± {r['query_acc_std']:.1f} | "
+                         f"{r['local_acc']:.1f} | {r['local_delta']:+.1f} | {r['worst_local_delta']:+.1f} | "
+                         f"{r['mean_acc']:.1f} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--queries", nargs="+", default=["[0]", "[2]", "[4]", "[6]"])
+    parser.add_argument("--extra", nargs="*", default=["dataset.train_per_class=300", "dataset.test_per_class=200"],
+                        help="Hydra overrides for every cell (default: the quick preset's data)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("outputs/calibration_frontier"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = wf.resolve_device("auto")
+    start = time.perf_counter()
+    rows: list[dict] = []
+    partial = args.out / "rows.jsonl"
+    partial.write_text("")
+    cells = [(p, s, q) for p in args.partitions for s in args.seeds for q in args.queries]
+    for part, seed, query in tqdm(cells, desc="calibration frontier", unit="cell"):
+        overrides = [f"partition={part}", f"seed={seed}", f"query.classes={query}", "progress=false",
+                     f"local.cache_dir={args.out / 'cache'}", *args.extra]  # fmt: skip
+        try:
+            trained = trained_cells(overrides, device)
+        except ConfigError as err:  # e.g. a query class nobody else holds under this seed: skip the cell
+            print(f"skipped {part} seed {seed} {query}: {err}", file=sys.stderr)
+            continue
+        except DataNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        new = [{"partition": part, "seed": seed, "query": query, "method": method, "rule": name,
+                **score(cell, rule(cell))}
+               for method, cell in trained.items() for name, rule in RULES.items()]  # fmt: skip
+        with partial.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in new)
+        rows += new
+    minutes = (time.perf_counter() - start) / 60
+    table = summarize(rows)
+    text = markdown(table) + f"\n{len(rows) // max(1, 2 * len(RULES))} cells, {minutes:.1f} min.\n"
+    print(text)
+    (args.out / "frontier.md").write_text(text)
+    record = {"table": table, "rows": rows, "minutes": minutes, "argv": sys.argv[1:] if argv is None else argv}
+    (args.out / "frontier.json").write_text(json.dumps(record, indent=1))
+    print(f"written: {args.out}/frontier.md, frontier.json")
+
+
+if __name__ == "__main__":
+    main()
