@@ -246,6 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/calibration_frontier"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        budget = load_config(args.extra).strategy.calibration.max_false_query
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if budget is None:
+        print("error: the rules' budget is strategy.calibration.max_false_query: it must not be null here",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
     device = wf.resolve_device("auto")
     start = time.perf_counter()
     rows: list[dict] = []

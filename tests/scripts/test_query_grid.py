@@ -116,3 +116,12 @@ def test_calibration_frontier_reproduces_the_calibrated_rows_and_bounds_every_ru
         assert oracle["local_delta"] >= -2.0 - 1e-9
         uncalibrated = rows[(method, "no calibration")]
         assert oracle["query_acc"] <= uncalibrated["query_acc"] + 1e-9  # a shift only ever lowers query accuracy
+
+
+def test_calibration_frontier_refuses_a_run_without_a_calibration_budget(tmp_path, capsys):
+    import calibration_frontier
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:
+        calibration_frontier.main(["--out", str(tmp_path), "--extra", "strategy.calibration.max_false_query=null"])
+    assert stop.value.code == 2 and "max_false_query" in capsys.readouterr().err
