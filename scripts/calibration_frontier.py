@@ -50,6 +50,9 @@ from qkt_flower.qkt.engine import predict_logits
 from qkt_flower.qkt.phases import calibration_split
 from qkt_flower.results import mean_std
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from query_grid import add_cell_arguments, cell_overrides  # noqa: E402
+
 UNCALIBRATED = "strategy.calibration.max_false_query=null"
 
 
@@ -238,11 +241,7 @@ def markdown(table: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--queries", nargs="+", default=["[0]", "[2]", "[4]", "[6]"])
-    parser.add_argument("--extra", nargs="*", default=["dataset.train_per_class=300", "dataset.test_per_class=200"],
-                        help="Hydra overrides for every cell (default: the quick preset's data)")  # fmt: skip
+    add_cell_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("outputs/calibration_frontier"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -262,8 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     partial.write_text("")
     cells = [(p, s, q) for p in args.partitions for s in args.seeds for q in args.queries]
     for part, seed, query in tqdm(cells, desc="calibration frontier", unit="cell"):
-        overrides = [f"partition={part}", f"seed={seed}", f"query.classes={query}", "progress=false",
-                     f"local.cache_dir={args.out / 'cache'}", *args.extra]  # fmt: skip
+        overrides = cell_overrides(args, part, seed, query)
         try:
             trained = trained_cells(overrides, device)
         except ConfigError as err:  # e.g. a query class nobody else holds under this seed: skip the cell

@@ -332,13 +332,24 @@ def conf_fingerprint(conf_dir: Path = CONF_DIR) -> str:
     return h.hexdigest()[:12]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cells' arguments — splits, seeds, queries, overrides for every cell — shared with other grid scripts."""
     parser.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--queries", nargs="+", default=["[0]", "[2]", "[4]", "[6]"])
     parser.add_argument("--extra", nargs="*", default=["dataset.train_per_class=300", "dataset.test_per_class=200"],
                         help="Hydra overrides for every cell (default: the quick preset's data)")  # fmt: skip
+
+
+def cell_overrides(args: argparse.Namespace, part: str, seed: int, query: str) -> list[str]:
+    """One cell's Hydra overrides; local models cached under ``args.out / "cache"``."""
+    return [f"partition={part}", f"seed={seed}", f"query.classes={query}", "progress=false",
+            f"local.cache_dir={args.out / 'cache'}", *args.extra]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_cell_arguments(parser)
     parser.add_argument("--no-baselines", action="store_true", help="QKT variants and the control only")
     parser.add_argument(
         "--federated",
@@ -380,8 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     partial.write_text("")
     conf = conf_fingerprint()
     for done, (part, seed, query) in enumerate(tqdm(cells, desc="query grid", unit="cell"), 1):
-        overrides = [f"partition={part}", f"seed={seed}", f"query.classes={query}", "progress=false",
-                     f"local.cache_dir={args.out / 'cache'}", *args.extra]  # fmt: skip
+        overrides = cell_overrides(args, part, seed, query)
         try:
             cell = run_cell(overrides, device, baselines, {v: VARIANTS[v] for v in args.variants})
         except ConfigError as err:  # e.g. a query class nobody else holds under this seed: skip the cell
