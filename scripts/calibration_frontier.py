@@ -27,31 +27,32 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from qkt_flower import workflow as wf
-from qkt_flower.config import load_config
+from qkt_flower.config import load_config, qkt_spec
 from qkt_flower.data.federation import build_federation
 from qkt_flower.data.loaders import INFERENCE_BATCH, image_batches
 from qkt_flower.errors import ConfigError, DataNotFoundError
 from qkt_flower.qkt.calibrate import (
-    CalibrationSpec,
     accuracy_keeping_shift,
     calibration_images,
     non_query_argmax,
     query_bias_shift,
+    query_bias_shift_among,
     query_margins,
 )
 from qkt_flower.qkt.engine import predict_logits
+from qkt_flower.qkt.evaluate import accuracy_report
 from qkt_flower.qkt.phases import calibration_split
-from qkt_flower.results import mean_std
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from query_grid import add_cell_arguments, cell_overrides  # noqa: E402
+from query_grid import ACC, add_cell_arguments, cell_overrides  # noqa: E402
+from query_grid import summarize as summarize_cells  # noqa: E402
 
 UNCALIBRATED = "strategy.calibration.max_false_query=null"
 
@@ -104,9 +105,7 @@ def no_calibration(c: Cell) -> float:
 
 def net_false_queries(c: Cell) -> float:
     """Count only the images the local model gets right: the others cost no local accuracy."""
-    margins = query_margins(c.calibration.new, c.query)
-    margins = torch.where(c.calibration.local_right(), margins, torch.full_like(margins, -1.0))
-    return query_bias_shift(margins, c.budget)
+    return query_bias_shift_among(query_margins(c.calibration.new, c.query), c.calibration.local_right(), c.budget)
 
 
 def spend_gain(on: str) -> Rule:
@@ -121,11 +120,10 @@ def spend_gain(on: str) -> Rule:
         cap = false_queries()(c)
         gained = getattr(c, on)
         gain = float(gained.right_otherwise(c.query).float().mean() - gained.local_right().float().mean())
-        margins = query_margins(c.calibration.new, c.query)
-        right = c.calibration.right_otherwise(c.query)
         if gain < 0:
             return cap
-        return min(cap, query_bias_shift(torch.where(right, margins, torch.full_like(margins, -1.0)), gain))
+        margins = query_margins(c.calibration.new, c.query)
+        return min(cap, query_bias_shift_among(margins, c.calibration.right_otherwise(c.query), gain))
 
     return rule
 
@@ -154,15 +152,14 @@ RULES: dict[str, Rule] = {
 }
 
 
-def _logits(new, local, data, device) -> Logits:
-    a, labels = predict_logits(new, image_batches(data, INFERENCE_BATCH, device=device))
-    b, _ = predict_logits(local, image_batches(data, INFERENCE_BATCH, device=device))
-    return Logits(a.cpu(), b.cpu(), labels.cpu())
+def _logits(model, data, device) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, labels = predict_logits(model, image_batches(data, INFERENCE_BATCH, device=device))
+    return logits.cpu(), labels.cpu()
 
 
 def trained_cells(overrides: list[str], device) -> dict[str, Cell]:
     """QKT and the control, trained uncalibrated on one (partition, seed, query) cell."""
-    spec = load_config(overrides).strategy.calibration
+    spec = qkt_spec(load_config(overrides).strategy).calibration
     if spec.max_false_query is None:
         raise ValueError("the rules' budget is strategy.calibration.max_false_query: it must not be null here")
     cfg = load_config([*overrides, UNCALIBRATED])
@@ -176,54 +173,40 @@ def trained_cells(overrides: list[str], device) -> dict[str, Cell]:
     masks, selection = wf.choose_experts(cfg, scores, s.query_classes)
     qkt, _ = wf.learn_query(cfg, fed, local, wf.make_experts(models, masks, selection), device)
     trained = {"QKT": qkt.eval(), "balanced-CE control": wf.control_model(cfg, fed, local, device).eval()}
-    task = wf.query_task(fed)
-    calib = CalibrationSpec(**asdict(spec))
-    _, own = calibration_split(task, calib, cfg.seed)
-    copies = calibration_images(own, s.local_classes, calib, cfg.seed)
-    out = {}
-    for name, model in trained.items():
-        out[name] = Cell(s.query_classes, s.local_classes, spec.max_false_query,
-                         _logits(model, local, copies, device).only(s.local_classes),
-                         _logits(model, local, own, device).only(s.local_classes),
-                         _logits(model, local, fed.test_view(), device))  # fmt: skip
-    return out
+    _, own = calibration_split(wf.query_task(fed), spec, cfg.seed)
+    views = {"calibration": calibration_images(own, s.local_classes, spec, cfg.seed), "own": own,
+             "test": fed.test_view()}  # fmt: skip
+    before = {view: _logits(local, data, device) for view, data in views.items()}  # the local model's, once
+
+    def logits(model, view: str) -> Logits:
+        local_logits, labels = before[view]
+        return Logits(_logits(model, views[view], device)[0], local_logits, labels)
+
+    return {name: Cell(s.query_classes, s.local_classes, spec.max_false_query,
+                       logits(model, "calibration").only(s.local_classes), logits(model, "own").only(s.local_classes),
+                       logits(model, "test"))
+            for name, model in trained.items()}  # fmt: skip
 
 
 def score(cell: Cell, shift: float) -> dict[str, float]:
     """Test query / local accuracy (%) after lowering the query biases by ``shift``, and Δlocal."""
     logits = cell.test.new.clone()
     logits[:, list(cell.query)] -= shift
-    pred, labels = logits.argmax(-1), cell.test.labels
-
-    def acc(classes):
-        sel = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
-        return 100 * float((pred[sel] == labels[sel]).float().mean())
-
-    before = cell.test.only(cell.local_classes)
-    local_model = 100 * float(before.local_right().float().mean())
-    q, loc = acc(cell.query), acc(cell.local_classes)
-    return {
-        "query_acc": q,
-        "local_acc": loc,
-        "local_delta": loc - local_model,
-        "mean_acc": (q + loc) / 2,
-        "shift": None if shift == float("inf") else shift,
-    }  # shift None: no single shift keeps the band (the oracle on such a cell)
+    after = accuracy_report(logits, cell.test.labels, cell.query, cell.local_classes)
+    before = accuracy_report(cell.test.local, cell.test.labels, cell.query, cell.local_classes)
+    row = {k: 100 * after[k] for k in ACC}
+    row["local_delta"] = row["local_acc"] - 100 * before["local_acc"]
+    row["shift"] = None if shift == float("inf") else shift  # None: no single shift keeps the band (oracle)
+    return row
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean per (partition, method, rule) over cells, with the worst cell's Δlocal."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["partition"], r["method"], r["rule"]), []).append(r)
-    out = []
-    for (part, method, rule), members in groups.items():
-        agg = {"partition": part, "method": method, "rule": rule, "cells": len(members)}
-        for col in ("query_acc", "local_acc", "local_delta", "mean_acc"):
-            agg[col], agg[f"{col}_std"] = mean_std([m[col] for m in members])
-        agg["worst_local_delta"] = min(m["local_delta"] for m in members)
-        out.append(agg)
-    return out
+    """The grid's mean ± std per (partition, method, rule) over cells, with the worst cell's Δlocal."""
+    keys = ("partition", "method", "rule")
+    table = summarize_cells(rows, keys)
+    for agg in table:
+        agg["worst_local_delta"] = min(r["local_delta"] for r in rows if all(r[k] == agg[k] for k in keys))
+    return table
 
 
 def markdown(table: list[dict]) -> str:

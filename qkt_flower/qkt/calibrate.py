@@ -74,6 +74,11 @@ def query_bias_shift(margins: torch.Tensor, max_false_query: float) -> float:
     return max(edge + 1e-5 * (1.0 + abs(edge)), 0.0) if edge >= 0 else 0.0
 
 
+def query_bias_shift_among(margins: torch.Tensor, counted: torch.Tensor, max_share: float) -> float:
+    """:func:`query_bias_shift` counting only the ``counted`` rows as false queries (the share is of all rows)."""
+    return query_bias_shift(margins.masked_fill(~counted, -1.0), max_share)
+
+
 def accuracy_keeping_shift(
     margins: torch.Tensor, right_otherwise: torch.Tensor, original_right: torch.Tensor, max_local_drop: float
 ) -> float | None:
@@ -95,7 +100,7 @@ def accuracy_keeping_shift(
     budget = float(right_otherwise.float().mean() - original_right.float().mean()) + max_local_drop
     if budget < 0:
         return None
-    return query_bias_shift(torch.where(right_otherwise, margins, torch.full_like(margins, -1.0)), budget)
+    return query_bias_shift_among(margins, right_otherwise, budget)
 
 
 def split_holdout(data: ImageDataset, local_classes: tuple[int, ...], share: float, seed: int):
