@@ -1,9 +1,8 @@
 """Centralised reference runner: the whole QKT pipeline in one process, without Flower.
 
-``python -m qkt_flower.reference`` (or ``qkt-reference``) trains every client, probes the teachers,
-masks, selects experts, runs query learning on the querying client and writes ``results.json`` plus
-the resolved config into Hydra's run folder (``outputs/<date>/<time>/``). It is the oracle the
-Flower version must agree with.
+``qkt-reference`` (or ``python -m qkt_flower.reference``) trains every client, probes the teachers, masks,
+selects experts, runs the method on the querying client and writes ``results.json`` plus the resolved config
+into Hydra's run folder (``outputs/<date>/<time>/``). It is the oracle the Flower runtime must agree with.
 """
 
 from __future__ import annotations
@@ -17,14 +16,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from qkt_flower import workflow as wf
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
-from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataNotFoundError
-from qkt_flower.qkt.evaluate import evaluate_view
+from qkt_flower.experiments import steps
+from qkt_flower.experiments.federated import one_round_baseline
+from qkt_flower.experiments.pipeline import prepare
 from qkt_flower.qkt.mask import mask_quality
-from qkt_flower.qkt.probe import check_probe_reply
-from qkt_flower.results import save_results
+from qkt_flower.results import ACCURACIES, save_results
 
 log = logging.getLogger(__name__)
 
@@ -34,70 +32,35 @@ def _param_bytes(model: torch.nn.Module) -> int:
 
 
 def run_reference(cfg: ExperimentConfig) -> dict:
-    """Run one experiment end to end; returns the results dictionary (see README, "Results files")."""
-    torch.manual_seed(cfg.seed)
-    device = wf.resolve_device(cfg.device)
-    seconds: dict[str, float] = {}
+    """Run one experiment end to end; returns the results dictionary (``docs/RESULTS.md``, "results.json")."""
+    exp = prepare(cfg)
+    fed, scen, seconds = exp.fed, exp.fed.scenario, exp.seconds
     start = time.perf_counter()
-    fed = build_federation(cfg)
-    scen = fed.scenario
-    seconds["data"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    models = {k: wf.train_client(cfg, fed, k, device) for k in range(fed.num_clients)}
-    seconds["local_training"] = time.perf_counter() - start
-
-    teachers = [k for k in range(fed.num_clients) if k != scen.client]
-    start = time.perf_counter()
-    scores, rejected = {}, {}
-    for k in teachers:
-        reply = wf.answer_probe(cfg, models[k], fed.train.input_shape, device)
-        reason = check_probe_reply(reply, fed.train.num_classes)
-        if reason is None:
-            scores[k] = reply
-        else:
-            rejected[k] = reason
-            log.warning("teacher %d: probe reply rejected (%s)", k, reason)
-    masks, selection = wf.choose_experts(cfg, scores, scen.query_classes)
+    scores, rejected = exp.scores()
     seconds["probe_and_mask"] = time.perf_counter() - start
-    profiles = wf.true_profiles(cfg, fed, scores)
-
-    view = fed.test_view()
-
-    def evaluate(model: torch.nn.Module) -> dict:
-        return evaluate_view(model, view, scen.query_classes, scen.local_classes, device=device)
-
-    experts = wf.make_experts(models, masks, selection)
     phases: dict[str, dict] = {}
-
-    def record_phase(name: str, model: torch.nn.Module) -> None:
-        phases[name] = evaluate(model)
-
-    student, info = wf.learn_query(cfg, fed, models[scen.client], experts, device, on_phase_end=record_phase)
+    student, info = exp.learn(on_phase_end=lambda name, model: phases.__setitem__(name, exp.evaluate(model)))
+    masks, selection = info["masks"], info["selection"]
     seconds.update({f"query_{k}": v for k, v in info["seconds"].items()})
-
     start = time.perf_counter()
-    evaluation = {"before": evaluate(models[scen.client]), "after": evaluate(student)}
+    evaluation = {"before": exp.evaluate(exp.models[scen.client]), "after": exp.evaluate(student)}
     seconds["evaluate"] = time.perf_counter() - start
-    if cfg.strategy.control:
+    if cfg.control and cfg.method.teachers:
         start = time.perf_counter()
-        control = wf.control_model(cfg, fed, models[scen.client], device)
-        evaluation["control"] = evaluate(control)
+        evaluation["control"] = exp.evaluate(steps.control_model(cfg, fed, exp.models[scen.client], exp.device))
         seconds["control"] = time.perf_counter() - start
-
-    sizes = {k: len(scen.partitions[k]) for k in range(fed.num_clients)}
+    sizes = {k: len(scen.partitions[k]) for k in exp.models}
     for name in cfg.baselines.one_round:
         start = time.perf_counter()
-        others = {k: models[k] for k in teachers}
-        model = wf.one_round_baseline(cfg, fed, name, models[scen.client], others, sizes, device)
-        evaluation[name] = evaluate(model)
+        others = {k: exp.models[k] for k in exp.teachers}
+        model = one_round_baseline(cfg, fed, name, exp.models[scen.client], others, sizes, exp.device)
+        evaluation[name] = exp.evaluate(model)
         seconds[name] = time.perf_counter() - start
-
-    model_bytes = _param_bytes(models[scen.client])
-    num_classes = fed.train.num_classes
+    profiles = steps.true_profiles(cfg, fed, scores)
+    model_bytes = _param_bytes(exp.models[scen.client])
     return {
-        "method": "qkt",
-        "mode": cfg.strategy.mode,
+        "runtime": "reference",
+        "method": cfg.method.name,
         "seed": cfg.seed,
         "dataset": cfg.dataset.name,
         "partition": cfg.partition.kind,
@@ -106,29 +69,26 @@ def run_reference(cfg: ExperimentConfig) -> dict:
         "shots": cfg.query.shots,
         "query_classes": list(scen.query_classes),
         "local_classes": list(scen.local_classes),
-        "class_counts": {k: fed.class_counts(k).tolist() for k in range(fed.num_clients)},
+        "class_counts": {k: fed.class_counts(k).tolist() for k in exp.models},
         "probe": {
             "scores": {k: v.tolist() for k, v in scores.items()},
             "masks": {k: torch.nonzero(m).flatten().tolist() for k, m in masks.items()},
             "true_profiles": {k: torch.nonzero(p).flatten().tolist() for k, p in profiles.items()},
             "rejected": rejected,
-            "quality": mask_quality(masks, profiles),
-            "quality_query": _query_mask_quality(masks, profiles, scen.query_classes),
+            "quality": mask_quality(masks, profiles) if masks else None,
+            "quality_query": _query_mask_quality(masks, profiles, scen.query_classes) if masks else None,
         },
-        "experts": {c: ks for c, ks in selection.experts.items()},
-        "fallbacks": selection.fallbacks,
-        **{k: v for k, v in evaluation.items()},
-        "gain": {
-            key: evaluation["after"][key] - evaluation["before"][key]
-            for key in ("query_acc", "local_acc", "overall_acc", "mean_acc")
-        },
+        "experts": selection.experts if selection else {},
+        "fallbacks": selection.fallbacks if selection else [],
+        **evaluation,
+        "gain": {key: evaluation["after"][key] - evaluation["before"][key] for key in ACCURACIES},
         "phases": phases,
         "calibration_shift": info["calibration_shift"],
         "history": info["history"],
         "bytes": {
-            "probe_replies": len(scores) * num_classes * 4,
-            "expert_weights": len(selection.relevant) * model_bytes,
-            "all_teacher_weights": len(teachers) * model_bytes,
+            "probe_replies": len(scores) * fed.train.num_classes * 4,
+            "expert_weights": len(selection.relevant if selection else []) * model_bytes,
+            "all_teacher_weights": len(exp.teachers) * model_bytes,
         },
         "seconds": seconds,
     }
@@ -146,9 +106,11 @@ def summary_line(results: dict) -> str:
     b, a = results["before"], results["after"]
     line = (
         f"seed {results['seed']} Q={results['query_classes']}: query {100 * b['query_acc']:.1f} -> "
-        f"{100 * a['query_acc']:.1f} %, local {100 * b['local_acc']:.1f} -> {100 * a['local_acc']:.1f} %, "
-        f"mask P/R {results['probe']['quality']['precision']:.2f}/{results['probe']['quality']['recall']:.2f}"
+        f"{100 * a['query_acc']:.1f} %, local {100 * b['local_acc']:.1f} -> {100 * a['local_acc']:.1f} %"
     )
+    if results["probe"].get("quality"):
+        q = results["probe"]["quality"]
+        line += f", mask P/R {q['precision']:.2f}/{q['recall']:.2f}"
     if "control" in results:
         c = results["control"]
         line += f"; balanced-CE control: query {100 * c['query_acc']:.1f} %, local {100 * c['local_acc']:.1f} %"

@@ -1,4 +1,9 @@
-"""Results on disk: ``results.json`` and the resolved ``config.yaml`` side by side in the run folder."""
+"""Results on disk: ``results.json`` and the resolved ``config.yaml`` side by side in the run folder.
+
+Both runtimes write one shape (``docs/RESULTS.md``, "results.json"): every evaluated model is a top-level
+object — ``before`` (the querying client's local model), ``after`` (the method), ``control``, each baseline —
+holding :data:`ACCURACIES` and ``per_class`` on the querying client's test view. :func:`load_results` reads it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+ACCURACIES = ("query_acc", "local_acc", "overall_acc", "mean_acc")
+"""The accuracies of every evaluation object (fractions in [0, 1])."""
+
+
+def nest_metrics(metrics: dict) -> dict[str, dict]:
+    """Flat ``{"after.query_acc": v, "after.per_class.3": v}`` (a Flower ``MetricRecord``) as evaluation objects."""
+    out: dict[str, dict] = {}
+    for key, value in metrics.items():
+        name, _, rest = key.partition(".")
+        if rest in ACCURACIES:
+            out.setdefault(name, {})[rest] = value
+        elif rest.startswith("per_class."):
+            out.setdefault(name, {}).setdefault("per_class", {})[rest.removeprefix("per_class.")] = value
+    return out
 
 
 def _clean(value: Any) -> Any:
@@ -44,14 +64,18 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 def load_results(path: str | Path) -> dict:
-    """Read a ``results.json`` (or the one inside a run folder)."""
+    """Read a ``results.json`` (or the one inside a run folder); it must hold ``before`` and ``after``."""
     path = Path(path)
-    return json.loads((path / "results.json" if path.is_dir() else path).read_text())
+    path = path / "results.json" if path.is_dir() else path
+    results = json.loads(path.read_text())
+    if not isinstance(results, dict) or not all(isinstance(results.get(k), dict) for k in ("before", "after")):
+        raise ValueError(f"{path} is not a qkt-flower results.json (no 'before' / 'after' evaluations)")
+    return results
 
 
 def find_results(root: str | Path) -> list[dict]:
     """Every ``results.json`` under ``root`` (e.g. a Hydra multirun folder), sorted by path."""
-    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("results.json"))]
+    return [load_results(p) for p in sorted(Path(root).rglob("results.json"))]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:  # refuse a bad value, a missing data folder or an impossible split before any process starts
         cfg = load_config([*args.overrides, *([f"dataset.root={args.data_root}"] if args.data_root else [])])
-        build_federation(cfg)
+        build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     except (ConfigError, DataNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -19,19 +19,19 @@ from qkt_flower.errors import ConfigError
         ("query.shots=-1", "query.shots"),
         ("partition.num_clients=1", "partition.num_clients"),
         ("query.client=10", "query.client"),
-        ("strategy.phase1.beta=20", "strategy.phase1.beta"),
-        ("strategy.mode=nope", "strategy.mode"),
+        ("method.terms.query.weight=20", "method.terms.query.weight"),
+        ("method=nope", "overrides"),
         ("device=tpu", "device"),
-        ("strategy.calibration.max_false_query=1.5", "strategy.calibration.max_false_query"),
-        ("strategy.calibration.holdout=-0.1", "strategy.calibration.holdout"),
-        ("strategy.calibration.augment=-1", "strategy.calibration.augment"),
-        ("strategy.augment_local=-1", "strategy.augment_local"),
-        ("strategy.phase1.balance_over=all", "strategy.phase1.balance_over"),
-        ("strategy.synthesis.per_class=-1", "strategy.synthesis.per_class"),
-        ("strategy.augment_shots=-2", "strategy.augment_shots"),
-        ("strategy.kd.weighting=loudest", "strategy.kd.weighting"),
-        ("local.outlier_exposure=-0.5", "local.outlier_exposure"),
-        ("strategy.phase2.epoch_samples=0", "strategy.phase2.epoch_samples"),
+        ("method.calibration.max_false_query=1.5", "method.calibration.max_false_query"),
+        ("method.phases.0.trains=body", "method.phases.0.trains"),
+        ("method.calibration.augment=-1", "method.calibration.augment"),
+        ("method.transfer.augment_local=-1", "method.transfer.augment_local"),
+        ("method.phases.0.terms=[ce,nope]", "method.phases.0.terms"),
+        ("method.terms.keep.temperature=0", "method.terms.keep.temperature"),
+        ("method.transfer.augment_shots=-2", "method.transfer.augment_shots"),
+        ("strategy.probe.kind=pink", "strategy.probe.kind"),
+        ("local.lr=0", "local.lr"),
+        ("method.phases.0.epoch_samples=0", "method.phases.0.epoch_samples"),
     ],
 )
 def test_bad_values_raise_config_error(override, key):
@@ -46,8 +46,42 @@ def test_defaults_are_valid():
     assert cfg.dataset.name == "fashion-mnist" and cfg.strategy.mask.lam > 0
 
 
+def test_removed_options_are_refused_not_ignored():
+    for override in ("strategy.mode=joint", "strategy.kd.gate=false", "local.outlier_exposure=0.5"):
+        with pytest.raises(ConfigError) as err:
+            load_config([override])
+        assert err.value.key == "overrides"
+
+
+def test_the_default_method_is_the_specs_own_defaults():
+    """conf/method/qkt.yaml states every value of today's default; the dataclasses carry the same defaults,
+    so the Python API and the YAML cannot drift apart."""
+    from qkt_flower.qkt.local import LocalSpec
+    from qkt_flower.qkt.method import MethodSpec
+
+    cfg = load_config()
+    assert cfg.method == MethodSpec() and cfg.local == LocalSpec()
+    assert cfg.strategy.mask == type(cfg.strategy.mask)()
+    assert cfg.strategy.probe == type(cfg.strategy.probe)(seed=cfg.seed)
+
+
+@pytest.mark.parametrize("preset", ["qkt", "qkt_paper", "qkt_two_phase", "qkt_phase1", "qkt_light", "control"])
+def test_every_method_preset_composes_and_validates(preset):
+    cfg = load_config([f"method={preset}"])
+    assert cfg.method.name == preset and cfg.method.phases
+
+
+def test_every_named_variant_composes():
+    from qkt_flower.experiments.variants import load_variants
+
+    variants, lists = load_variants()
+    assert set(lists["grid"]) <= set(variants) and set(lists["ablations"]) <= set(variants)
+    for overrides in variants.values():
+        load_config(overrides)
+
+
 def test_more_clients_than_samples_refused_before_training():
     cfg = load_config(["dataset.train_per_class=1", "partition.num_clients=20"])
     with pytest.raises(ConfigError) as err:
-        build_federation(cfg)
+        build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     assert err.value.key == "partition.num_clients"

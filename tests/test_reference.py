@@ -27,7 +27,7 @@ def test_qkt_learns_the_query_class(small_run):
     local kept up to the share of its local images the calibration lets be called the query class (5 %), plus
     one point."""
     before, after = small_run["before"], small_run["after"]
-    allowed = load_config(SMALL).strategy.calibration.max_false_query
+    allowed = load_config(SMALL).method.calibration.max_false_query
     assert before["query_acc"] < 0.2  # q has 5 shots of the query class: its local model barely knows it
     assert after["query_acc"] > before["query_acc"] + 0.15
     assert after["local_acc"] >= before["local_acc"] - allowed - 0.01
@@ -37,21 +37,20 @@ def test_qkt_learns_the_query_class(small_run):
 # Seven passes over the transfer set (the budget before epoch_samples): on this cell, uncalibrated, q calls many of
 # its shirts and T-shirts "coat" (README, interference grid); with today's 320 draws per epoch the calibration
 # has nothing to correct here (shift 0), so its ablation runs on the budget where it acts.
-DATA_EPOCHS = [*SMALL, "strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null",
-               "strategy.control=false"]  # fmt: skip
+DATA_EPOCHS = [*SMALL, "method.phases.0.epoch_samples=null", "control=false"]
 
 
 def test_without_calibration_the_query_is_learnt_at_a_local_cost(small_run):
     """The ablation that shows why calibration is on: more query accuracy, local accuracy lost to the look-alike."""
     calibrated = run_reference(load_config(DATA_EPOCHS))
-    raw = run_reference(load_config([*DATA_EPOCHS, "strategy.calibration.max_false_query=null"]))
+    raw = run_reference(load_config([*DATA_EPOCHS, "method.calibration.max_false_query=null"]))
     assert raw["before"] == calibrated["before"] == small_run["before"]  # same local model
-    allowed = load_config(SMALL).strategy.calibration.max_false_query
+    allowed = load_config(SMALL).method.calibration.max_false_query
     assert calibrated["calibration_shift"] > 0 and raw["calibration_shift"] == 0.0
     assert calibrated["after"]["local_acc"] >= calibrated["before"]["local_acc"] - allowed - 0.01
     assert raw["after"]["query_acc"] > calibrated["after"]["query_acc"] + 0.1
     assert raw["after"]["local_acc"] < calibrated["after"]["local_acc"] - 0.05
-    # uncalibrated, local accuracy leaves the issue's 2-point band (jittered local images alone do not keep it)
+    # uncalibrated, local accuracy leaves the claim's 2-point band (jittered local images alone do not keep it)
     assert raw["after"]["local_acc"] < raw["before"]["local_acc"] - 0.02
     assert set(small_run["query_classes"]).isdisjoint(small_run["local_classes"])
 
@@ -73,28 +72,28 @@ def test_same_seed_same_metrics(small_run):
 
 
 def test_different_seed_different_partition(small_run):
-    other = run_reference(load_config([*SMALL, "seed=1", "local.epochs=1", "strategy.control=false"]))
+    other = run_reference(load_config([*SMALL, "seed=1", "local.epochs=1", "control=false"]))
     assert other["class_counts"] != small_run["class_counts"]
 
 
 def test_local_model_cache_is_reused_and_follows_the_code(tmp_path, monkeypatch):
-    import qkt_flower.workflow as wf
     from qkt_flower.data.federation import build_federation
+    from qkt_flower.experiments import steps
 
     cfg = load_config([*SMALL, "dataset.train_per_class=100", "local.epochs=1", f"local.cache_dir={tmp_path}"])
-    fed = build_federation(cfg)
+    fed = build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     n = len(fed.scenario.partitions[1])
-    assert wf.samples_to_train(cfg, 1, n) == n
-    trained = wf.train_client(cfg, fed, 1, "cpu")
-    assert wf.local_cache_file(cfg, 1).is_file() and wf.samples_to_train(cfg, 1, n) == 0
-    loaded = wf.train_client(cfg, fed, 1, "cpu")
+    assert steps.samples_to_train(cfg, 1, n) == n
+    trained = steps.train_client(cfg, fed, 1, "cpu")
+    assert steps.local_cache_file(cfg, 1).is_file() and steps.samples_to_train(cfg, 1, n) == 0
+    loaded = steps.train_client(cfg, fed, 1, "cpu")
     pairs = zip(trained.state_dict().values(), loaded.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     # other training code, other key: a model cached by another version of the code is never loaded
-    key, code = wf.local_model_key(cfg), wf.local_training_code()
-    monkeypatch.setattr(wf, "local_training_code", lambda: (*code, wf.answer_probe))
-    assert wf.local_model_key(cfg) != key
-    assert not wf.local_cache_file(cfg, 1).is_file() and wf.samples_to_train(cfg, 1, n) == n
+    key, code = steps.local_model_key(cfg), steps.local_training_code()
+    monkeypatch.setattr(steps, "local_training_code", lambda: (*code, steps.answer_probe))
+    assert steps.local_model_key(cfg) != key
+    assert not steps.local_cache_file(cfg, 1).is_file() and steps.samples_to_train(cfg, 1, n) == n
 
 
 def test_cli_writes_results_and_resolved_config(tmp_path):
@@ -116,13 +115,11 @@ def test_full_data_paper_recipe_meets_the_claim():
 
     The paper recipe = the paper's two phases with epochs over the data, calibration 2 % on the client's own
     images, no jittered shots or local images, no consistent KD (the grid's "QKT, paper recipe" row). This cell
-    (coat for a T-shirt/shirt client) is the look-alike case where the paper recipe was far ahead of the session-21
+    (coat for a T-shirt/shirt client) is the look-alike case where the paper recipe was far ahead of the then
     default (72.0 vs 45.9 % query accuracy on the data-size grid; the default led on average over sizes,
     docs/RESULTS_LOG.md).
     """
-    recipe = ["strategy.mode=two-phase", "strategy.calibration.max_false_query=0.02", "strategy.augment_shots=0",
-              "strategy.augment_local=0", "strategy.calibration.augment=0", "strategy.kd.consistent=false",
-              "strategy.phase1.epoch_samples=null", "strategy.phase2.epoch_samples=null"]  # fmt: skip
+    recipe = ["method=qkt_paper", "method.calibration.max_false_query=0.02"]
     r = run_reference(load_config(["progress=false", *recipe]))
     assert r["after"]["query_acc"] - r["before"]["query_acc"] > 0.5
     assert r["after"]["local_acc"] >= r["before"]["local_acc"] - 0.04

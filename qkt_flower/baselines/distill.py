@@ -13,8 +13,10 @@ from torch import nn
 
 from qkt_flower.data.loaders import Batch
 from qkt_flower.qkt.engine import fit
+from qkt_flower.qkt.learn import phase_batches
 from qkt_flower.qkt.losses import cross_entropy, kd_loss
-from qkt_flower.qkt.phases import PhaseSpec, QueryTask, cached_logits, phase_batches
+from qkt_flower.qkt.method import PhaseSpec
+from qkt_flower.qkt.task import QueryTask, cached_logits
 
 
 def _ensemble_logits(teachers: list[nn.Module], task: QueryTask, device) -> torch.Tensor:
@@ -30,6 +32,7 @@ def vanilla_kd(
     seed: int,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    beta: float = 1.0,
 ) -> nn.Module:
     """``CE + β·KD(student ‖ mean teacher logits)`` over all C classes, whole network, one phase.
 
@@ -43,7 +46,7 @@ def vanilla_kd(
         logits = model(batch.x)
         return {
             "ce": cross_entropy(logits, batch.y),
-            "kd": spec.beta * kd_loss(logits, teacher[batch.idx], temperature),
+            "kd": beta * kd_loss(logits, teacher[batch.idx], temperature),
         }
 
     fit(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.data.images import ImageDataset
 
 
 def shot_transform():

@@ -1,92 +1,28 @@
-"""In-memory image datasets behind one interface.
+"""Which datasets exist and what a valid dataset spec is.
 
-Every loader returns a pair of :class:`ImageDataset` (train, test) holding ``uint8`` images
-``(N, C, H, W)``, ``int64`` labels and class names. Images stay ``uint8`` in memory (a quarter of
-float32) and are normalised per batch by :mod:`qkt_flower.data.loaders`; no per-sample PIL work
-happens after loading. The registry :data:`DATASETS` maps config names to loaders.
+The registry :data:`DATASETS` maps config names to the loaders of :mod:`qkt_flower.data.sources`; every
+loader returns a pair of :class:`~qkt_flower.data.images.ImageDataset` (train, test). :class:`DatasetSpec`
+is the ``dataset`` config group (its defaults are ``conf/dataset/fashion_mnist.yaml``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from qkt_flower.data import sources
+from qkt_flower.data.images import ImageDataset, channel_stats
+from qkt_flower.errors import ConfigError, require
 
-from qkt_flower.errors import ConfigError
-
-__all__ = ["ImageDataset", "DATASETS", "load_dataset", "channel_stats"]
-
-
-@dataclass(frozen=True)
-class ImageDataset:
-    """Images and labels of one split, in memory.
-
-    Attributes
-    ----------
-    images
-        ``uint8`` tensor ``(N, C, H, W)``.
-    labels
-        ``int64`` tensor ``(N,)`` with values in ``[0, len(classes))``.
-    classes
-        Human-readable class names, index = label.
-    mean, std
-        Per-channel statistics (in ``[0, 1]`` pixel units) used to normalise inputs; the noise
-        probe lives in this normalised space.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
-        if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
-            raise ValueError("mean/std need one value per channel")
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes C (the label space, not just the classes present)."""
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageDataset:
-        """Rows ``indices`` of this split, sharing class names and normalisation."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.mean, self.std)
-
-    def class_counts(self) -> torch.Tensor:
-        """Samples per class, length C."""
-        return torch.bincount(self.labels, minlength=self.num_classes)
-
-
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of ``uint8`` images in ``[0, 1]`` units (for datasets without published ones)."""
-    x = images.double().div_(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+__all__ = ["DatasetSpec", "DATASETS", "load_dataset", "ImageDataset", "channel_stats"]
 
 
 Loader = Callable[..., tuple[ImageDataset, ImageDataset]]
 
 
 def _registry() -> dict[str, Loader]:
-    from qkt_flower.data import sources
-
+    """Looked up at call time, so a loader patched in :mod:`~qkt_flower.data.sources` is the one used."""
     return {
         "fashion-mnist": sources.load_fashion_mnist,
         "cifar10": sources.load_cifar10,
@@ -113,3 +49,22 @@ def load_dataset(name: str, root: str | Path, download: bool = False, **options)
     if name not in registry:
         raise ConfigError("dataset.name", name, f"one of {sorted(registry)}")
     return registry[name](Path(root).expanduser(), download=download, **options)
+
+
+@dataclass
+class DatasetSpec:
+    """Which data, where, and optional per-class caps for quick runs."""
+
+    name: str = "fashion-mnist"
+    root: str = "/usr/share/datasets/fashion-mnist"
+    download: bool = False
+    train_per_class: int | None = None  # cap training samples per class (quick runs, tests); None = all
+    test_per_class: int | None = None  # cap test samples per class; None = all
+    image_size: int | None = None  # only for imagefolder
+
+    def check(self) -> None:
+        """Refuse a value not allowed: :class:`~qkt_flower.errors.ConfigError` keyed by field (``name``, ...)."""
+        require(self.name in DATASETS, "name", self.name, f"one of {list(DATASETS)}")
+        for key in ("train_per_class", "test_per_class"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, value, "null or an integer >= 1")

@@ -1,8 +1,8 @@
-"""Everything a run derives from the config about data: splits, partitions, the query scenario, the test view.
+"""Everything a run derives from its data specs: splits, partitions, the query scenario, the test view.
 
-It is a pure function of the config (and the files on disk), so the reference runner, every
-simulated client and every SuperNode rebuild the *same* federation independently; no data is
-ever shipped between them.
+It is a pure function of the dataset, partition and query specs and the seed (and the files on disk), so
+the reference runner, every simulated client and every SuperNode rebuild the *same* federation
+independently; no data is ever shipped between them.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from qkt_flower.config import ExperimentConfig, validate_label_space
-from qkt_flower.data.datasets import ImageDataset, load_dataset
-from qkt_flower.data.partition import cached_partition_indices
-from qkt_flower.data.query import QueryScenario, make_query_scenario, view_indices
+from qkt_flower.data.datasets import DatasetSpec, load_dataset
+from qkt_flower.data.images import ImageDataset
+from qkt_flower.data.partition import PartitionSpec, cached_partition_indices
+from qkt_flower.data.query import QueryScenario, QuerySpec, check_label_space, make_query_scenario, view_indices
 
 
 @dataclass(frozen=True)
@@ -60,27 +60,30 @@ def cap_per_class(data: ImageDataset, per_class: int | None, seed: int) -> Image
     return data.subset(torch.sort(torch.cat(keep)).values)
 
 
-def build_federation(cfg: ExperimentConfig) -> Federation:
-    """Load, cap, partition and cut the data exactly as ``cfg`` says (validating against the loaded data)."""
-    d = cfg.dataset
+def build_federation(
+    dataset: DatasetSpec, partition: PartitionSpec, query: QuerySpec, seed: int, partition_cache: str | None = None
+) -> Federation:
+    """Load, cap, partition and cut the data exactly as the specs say (validating against the loaded data).
+
+    ``partition_cache``: folder of cached splits (see :func:`~qkt_flower.data.partition.cached_partition_indices`).
+    """
+    d, p, q = dataset, partition, query
     options = {"image_size": d.image_size} if d.name == "imagefolder" and d.image_size else {}
     train, test = load_dataset(d.name, d.root, download=d.download, **options)
-    train = cap_per_class(train, d.train_per_class, seed=cfg.seed)
-    test = cap_per_class(test, d.test_per_class, seed=cfg.seed)
-    validate_label_space(cfg, train.num_classes, num_train=len(train))
-    p = cfg.partition
+    train = cap_per_class(train, d.train_per_class, seed=seed)
+    test = cap_per_class(test, d.test_per_class, seed=seed)
+    check_label_space(q, p, train.num_classes, num_train=len(train))
     partitions = cached_partition_indices(
         train.labels,
         p.kind,
         p.num_clients,
-        cfg.seed,
-        cfg.partition_cache,
+        seed,
+        partition_cache,
         alpha=p.alpha,
         classes_per_client=p.classes_per_client,
         assignment=p.assignment,
         min_partition_size=p.min_partition_size,
     )
-    q = cfg.query
     scenario = make_query_scenario(
         train.labels,
         partitions,
@@ -89,7 +92,7 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
         q.classes,
         q.num_classes,
         q.shots,
-        cfg.seed,
+        seed,
         min_local_count=q.min_local_count,
     )
     return Federation(train, test, scenario)

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.data.images import ImageDataset
 
 INFERENCE_BATCH = 128
 """Batch size for forward-only passes (evaluation, cached teacher logits, features). On CPU a small CNN

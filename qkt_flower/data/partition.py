@@ -4,7 +4,8 @@ Only the labels are handed to the partitioner (an in-memory ``datasets.Dataset``
 row ``idx``), so it needs no Hugging Face Hub access. It is still slow — ~1 s per client on 60k labels,
 most of it ``datasets`` hashing its arguments for fingerprints — and every process that builds the
 federation (each Ray actor, each SuperNode, each grid cell) needs the same split: :func:`cached_partition_indices`
-keeps it in memory and on disk, keyed by the labels and every argument.
+keeps it in memory and on disk, keyed by the labels and every argument. :class:`PartitionSpec` is the
+``partition`` config group (its defaults are ``conf/partition/pathological.yaml``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,37 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from qkt_flower.errors import ConfigError
+from qkt_flower.errors import ConfigError, require
 
 PARTITIONS = ("pathological", "dirichlet", "iid")
+
+
+@dataclass
+class PartitionSpec:
+    """How the training split is spread over clients (flwr-datasets partitioners)."""
+
+    kind: str = "pathological"
+    num_clients: int = 10
+    classes_per_client: int | None = 3
+    assignment: str | None = "first-deterministic"  # random | deterministic | first-deterministic
+    alpha: float | None = None
+    min_partition_size: int | None = None
+
+    def check(self) -> None:
+        """Refuse a value not allowed: :class:`~qkt_flower.errors.ConfigError` keyed by field (``kind``, ...)."""
+        require(self.kind in PARTITIONS, "kind", self.kind, f"one of {list(PARTITIONS)}")
+        require(self.num_clients >= 2, "num_clients", self.num_clients,
+                "an integer >= 2 (a querying client and a teacher)")  # fmt: skip
+        if self.kind == "dirichlet":
+            require(self.alpha is not None and self.alpha > 0, "alpha", self.alpha, "a float > 0")
+        if self.kind == "pathological":
+            ok = self.classes_per_client is not None and self.classes_per_client >= 1
+            require(ok, "classes_per_client", self.classes_per_client, "an integer >= 1")
 
 
 def partition_indices(

@@ -3,7 +3,8 @@
 The querying client ``q`` keeps exactly ``shots`` samples of each query class. When its partition
 holds more, the surplus is dropped; when it holds fewer (typical of pathological splits, where ``q``
 never saw the class), the missing shots are *moved* from other clients' partitions, so no sample is
-held by two clients.
+held by two clients. :class:`QuerySpec` is the ``query`` config group (its defaults are
+``conf/query/single.yaml``); :func:`check_label_space` checks it and the partition spec against the label space.
 """
 
 from __future__ import annotations
@@ -12,7 +13,49 @@ from dataclasses import dataclass
 
 import torch
 
-from qkt_flower.errors import ConfigError
+from qkt_flower.data.partition import PartitionSpec
+from qkt_flower.errors import ConfigError, require
+
+
+@dataclass
+class QuerySpec:
+    """Who queries, for which classes (None = the ones it holds fewest of), with how many shots."""
+
+    client: int = 0
+    classes: list[int] | None = None
+    num_classes: int = 1
+    shots: int = 5  # samples of each query class left at the querying client (0 = stress test)
+    min_local_count: int = 20  # a class with fewer samples at the querying client is neither local nor query
+
+    def check(self) -> None:
+        """Refuse a value not allowed: :class:`~qkt_flower.errors.ConfigError` keyed by field (``shots``, ...).
+
+        ``client`` is checked against the number of clients by whoever holds both specs.
+        """
+        require(self.shots >= 0, "shots", self.shots, "an integer >= 0")
+        require(self.min_local_count >= 1, "min_local_count", self.min_local_count, "an integer >= 1")
+
+
+def check_label_space(
+    query: QuerySpec, partition: PartitionSpec, num_classes: int, num_train: int | None = None
+) -> None:
+    """Checks that need the label space (and, once loaded, the number of training samples).
+
+    Raises :class:`~qkt_flower.errors.ConfigError` with full keys (``query.classes``, ``partition.num_clients``, ...).
+    """
+    if query.classes is not None:
+        bad = [c for c in query.classes if not 0 <= c < num_classes]
+        require(bool(query.classes) and not bad, "query.classes", list(query.classes),
+                f"a non-empty list of class ids in [0, {num_classes - 1}]")  # fmt: skip
+    else:
+        require(1 <= query.num_classes < num_classes, "query.num_classes", query.num_classes,
+                f"an integer in [1, {num_classes - 1}]")  # fmt: skip
+    if partition.classes_per_client is not None and partition.kind == "pathological":
+        require(partition.classes_per_client <= num_classes, "partition.classes_per_client",
+                partition.classes_per_client, f"an integer in [1, {num_classes}]")  # fmt: skip
+    if num_train is not None:
+        require(partition.num_clients <= num_train, "partition.num_clients", partition.num_clients,
+                f"at most the {num_train} training samples")  # fmt: skip
 
 
 @dataclass(frozen=True)

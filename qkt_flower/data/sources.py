@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qkt_flower.data.datasets import ImageDataset, channel_stats
 from qkt_flower.data.idx import read_idx
+from qkt_flower.data.images import ImageDataset, channel_stats
 from qkt_flower.errors import DataNotFoundError
 
 FASHION_MNIST_CLASSES = (

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.deploy.credentials import NodeKey, TLSFiles, make_node_key, make_tls
-from qkt_flower.deploy.processes import alive, free_port, stop_trees, wait_for_port
+from qkt_flower.deploy.ports import free_port, wait_for_port
 from qkt_flower.fl.launch import PROJECT_DIR, flwr_bin, flwr_env, last_run_status
+from qkt_flower.fl.processes import alive, stop_trees
 
 CONNECTION = "deployment"  # the connection name in $FLWR_HOME/config.toml of the `flwr` CLI
 HOST = "127.0.0.1"

@@ -2,7 +2,7 @@
 
 - one-round baselines (``baselines.one_round``): the server fetches *every* teacher's weights (QKT fetches
   only the experts') and ships them to the querying node, which builds the ensemble / vanilla-KD /
-  FedDF models on its own data (:func:`qkt_flower.workflow.one_round_baseline`);
+  FedDF models on its own data (:func:`qkt_flower.experiments.federated.one_round_baseline`);
 - federated baselines (``baselines.federated``): Flower's own ``FedAvg`` and ``FedProx`` strategies from a
   fresh seeded model, every node training each round; after each round in ``baselines.eval_rounds`` the
   global model goes to the querying node for its test-view accuracy, and (``baselines.finetune``) again
@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from qkt_flower import workflow as wf
+from qkt_flower.experiments import federated
 from qkt_flower.fl import records as R
 from qkt_flower.fl.strategy import QKTStrategy
 
@@ -84,7 +84,7 @@ def run_federated(qkt: QKTStrategy, grid: Grid, name: str) -> dict:
     """FedAvg or FedProx with Flower's strategy; metrics of the global model at each evaluation round."""
     cfg, b = qkt.cfg, qkt.cfg.baselines
     info = qkt.info[cfg.query.client]
-    model = wf.initial_global_model(cfg, [int(v) for v in info["input-shape"]], int(info["num-classes"]))
+    model = federated.initial_global_model(cfg, [int(v) for v in info["input-shape"]], int(info["num-classes"]))
     initial = ArrayRecord(model.state_dict())
     model_bytes = sum(len(a.data) for a in initial.values())
     nodes = len(qkt.node_of)

@@ -1,4 +1,4 @@
-"""The QKT ClientApp: thin handlers that unpack a message, call ``qkt_flower.workflow``, pack the reply.
+"""The QKT ClientApp: thin handlers that unpack a message, call ``qkt_flower.experiments.steps``, pack the reply.
 
 A node's trained model lives in ``context.state`` (not in module globals). Its raw data never leaves
 it: replies carry a model's weights (teachers only, on request), C probe scores, or aggregate metrics.
@@ -15,14 +15,14 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from qkt_flower import workflow as wf
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.data.federation import Federation, build_federation
+from qkt_flower.experiments import federated, steps
 from qkt_flower.fl import records as R
 from qkt_flower.models import build_model
 from qkt_flower.qkt.evaluate import evaluate_view
-from qkt_flower.qkt.phases import Expert
 from qkt_flower.qkt.probe import probe_answer
+from qkt_flower.qkt.task import Expert
 
 app = ClientApp()
 
@@ -38,7 +38,7 @@ def federation(cfg: ExperimentConfig) -> Federation:
     key = json.dumps([asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), cfg.seed], sort_keys=True)
     if key not in _FEDERATION:
         _FEDERATION.clear()
-        _FEDERATION[key] = build_federation(cfg)
+        _FEDERATION[key] = build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     return _FEDERATION[key]
 
 
@@ -91,8 +91,8 @@ def train(msg: Message, context: Context) -> Message:
     fed = federation(cfg)
     k = partition_id(context)
     n = len(fed.scenario.partitions[k])
-    samples, start = wf.samples_to_train(cfg, k, n), time.perf_counter()
-    model = wf.train_client(cfg, fed, k, wf.resolve_device(cfg.device))
+    samples, start = steps.samples_to_train(cfg, k, n), time.perf_counter()
+    model = steps.train_client(cfg, fed, k, steps.resolve_device(cfg.device))
     seconds = time.perf_counter() - start
     records = {}
     if R.PROBE_SPEC in msg.content.config_records and k != fed.scenario.client:  # the probe, answered right away
@@ -116,7 +116,7 @@ def answer_probe(cfg: ExperimentConfig, fed: Federation, model: torch.nn.Module,
     batch_size = cfg.strategy.probe.batch_size  # local compute, not part of the probe's wire spec
     scores = probe_answer(model, shape, int(spec["n"]), int(spec["seed"]), str(spec["kind"]),
                           float(spec["temperature"]), bool(spec["standardize"]), batch_size,
-                          wf.resolve_device(cfg.device))  # fmt: skip
+                          steps.resolve_device(cfg.device))  # fmt: skip
     return R.pack_probe_reply(scores, shape, time.perf_counter() - start)
 
 
@@ -138,21 +138,21 @@ def weights(msg: Message, context: Context) -> Message:
 
 
 @app.train("qkt")
-@wf.every_core()  # only this node works in this step
+@steps.every_core()  # only this node works in this step
 def qkt(msg: Message, context: Context) -> Message:
     """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
     cfg = experiment(msg, context)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
         raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
-    device = wf.resolve_device(cfg.device)
+    device = steps.resolve_device(cfg.device)
     mine = local_model(cfg, fed, context)
     experts = []
     for k, (query, known) in R.unpack_masks(msg.content.config_records[R.EXPERT_MASKS]).items():
         teacher = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
         teacher.load_state_dict(R.state_dict_of(msg.content.array_records[f"{R.EXPERT_ARRAYS}{k}"]))
         experts.append(Expert(teacher.eval(), query, known))
-    student, info = wf.learn_query(cfg, fed, mine, experts, device)
+    student, info = steps.learn_query(cfg, fed, mine, experts, device)
     view = fed.test_view()
     s = fed.scenario
     metrics = {
@@ -162,8 +162,8 @@ def qkt(msg: Message, context: Context) -> Message:
         "calibration_shift": float(info["calibration_shift"]),
         "num-examples": len(fed.scenario.partitions[s.client]),
     }
-    if cfg.strategy.control:  # the class-balanced CE control: no teacher, same whole-network budget as QKT
-        metrics.update(_view_metrics("control", wf.control_model(cfg, fed, mine, device), fed, device))
+    if cfg.control and cfg.method.teachers:  # the class-balanced CE control: the same recipe, no teacher term
+        metrics.update(_view_metrics("control", steps.control_model(cfg, fed, mine, device), fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 
 
@@ -181,7 +181,9 @@ def federated_round(msg: Message, context: Context) -> Message:
     k = partition_id(context)
     model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])
     mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
-    model = wf.federated_round(cfg, fed, k, model, int(config["server-round"]), mu, wf.resolve_device(cfg.device))
+    model = federated.federated_round(
+        cfg, fed, k, model, int(config["server-round"]), mu, steps.resolve_device(cfg.device)
+    )
     metrics = MetricRecord({"num-examples": len(fed.scenario.partitions[k])})
     return reply(msg, **{R.FL_ARRAYS: ArrayRecord(model.cpu().state_dict()), R.METRICS: metrics})
 
@@ -194,14 +196,14 @@ def _view_metrics(prefix: str, model: torch.nn.Module, fed: Federation, device) 
 
 
 @app.train("baselines")
-@wf.every_core()  # only this node works in this step
+@steps.every_core()  # only this node works in this step
 def baselines(msg: Message, context: Context) -> Message:
     """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
     cfg = experiment(msg, context)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
         raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
-    device = wf.resolve_device(cfg.device)
+    device = steps.resolve_device(cfg.device)
     spec = msg.content.config_records[R.BASELINE_SPEC]
     teachers = {
         int(key.removeprefix(R.TEACHER_PREFIX)): _model_from(cfg, fed, record)
@@ -213,21 +215,21 @@ def baselines(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {}
     for name in spec["methods"]:
         start = time.perf_counter()
-        model = wf.one_round_baseline(cfg, fed, str(name), mine, teachers, sizes, device)
+        model = federated.one_round_baseline(cfg, fed, str(name), mine, teachers, sizes, device)
         metrics[f"{name}.seconds"] = time.perf_counter() - start
         metrics.update(_view_metrics(str(name), model, fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 
 
 @app.query("evaluate")
-@wf.every_core()  # only this node works in this step
+@steps.every_core()  # only this node works in this step
 def evaluate_global(msg: Message, context: Context) -> Message:
     """On the querying node: test-view accuracy of a global model, and after fine-tuning it on its own data."""
     cfg = experiment(msg, context)
     fed = federation(cfg)
-    device = wf.resolve_device(cfg.device)
+    device = steps.resolve_device(cfg.device)
     model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])
     metrics = _view_metrics("global", model, fed, device)
     if cfg.baselines.finetune:
-        metrics.update(_view_metrics("finetuned", wf.control_model(cfg, fed, model, device), fed, device))
+        metrics.update(_view_metrics("finetuned", steps.control_model(cfg, fed, model, device), fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.data.federation import build_federation
-from qkt_flower.deploy.processes import stop_trees
+from qkt_flower.fl.processes import stop_trees
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,8 @@ def flwr_run_simulation(
     Raises ``RuntimeError`` if the run did not finish as completed. The SuperLink is stopped in every case.
     """
     cfg = to_config(compose_config(overrides))
-    build_federation(cfg)  # refuses bad config values and query scenarios before any process starts
+    # refuses bad config values and query scenarios before any process starts
+    build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     home = Path(home or tempfile.mkdtemp(prefix="flwr-home-"))
     write_local_connection(home)
     run_config = f"overrides={json.dumps(shlex.join(overrides))} output-dir={json.dumps(str(Path(out_dir).resolve()))}"

@@ -22,7 +22,7 @@ from qkt_flower.config import ExperimentConfig, compose_config, to_config
 from qkt_flower.fl.baselines import run_baselines
 from qkt_flower.fl.checkpoint import Checkpoint
 from qkt_flower.fl.strategy import QKTStrategy
-from qkt_flower.results import save_results
+from qkt_flower.results import nest_metrics, save_results
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,25 @@ def run_experiment(cfg: ExperimentConfig, cfg_yaml: str, grid: Grid, checkpoint:
         results["baselines"] = checkpoint.get("baselines") or run_baselines(qkt, grid)
         checkpoint.put("baselines", results["baselines"])
         results["seconds"]["baselines"] = time.perf_counter() - start
-    return results
+    return {**results, **evaluations(results)}
+
+
+def evaluations(results: dict) -> dict[str, dict]:
+    """The top-level evaluation objects of ``results.json`` (the reference runner's shape) from the replies.
+
+    ``before`` / ``after`` / ``control`` from the querying node's metrics; each one-round baseline under its
+    name; a federated baseline after ``r`` rounds as ``fedavg_<r>rd`` (``_ft``: fine-tuned by the control's recipe).
+    """
+    out = nest_metrics(results.get("metrics") or {})
+    baselines = results.get("baselines") or {}
+    out.update(baselines.get("one_round", {}))
+    for name in ("fedavg", "fedprox"):
+        for r, evaluation in (baselines.get(name) or {}).get("rounds", {}).items():
+            if "global" in evaluation:
+                out[f"{name}_{r}rd"] = evaluation["global"]
+            if "finetuned" in evaluation:
+                out[f"{name}_{r}rd_ft"] = evaluation["finetuned"]
+    return out
 
 
 def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = None) -> ServerApp:

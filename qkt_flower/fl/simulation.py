@@ -31,7 +31,8 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
             cfg.simulation.num_supernodes,
             f"equal to partition.num_clients ({cfg.partition.num_clients}): one node per client",
         )
-    build_federation(cfg)  # refuses a bad query scenario here, before any process starts
+    # refuses a bad query scenario here, before any process starts
+    build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     backend = {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
         "init_args": {"include_dashboard": False, "num_cpus": max(os.cpu_count() or 1, 1)},

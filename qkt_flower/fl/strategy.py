@@ -14,21 +14,21 @@ import time
 from collections.abc import Iterable
 
 import torch
-from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
-from qkt_flower import workflow as wf
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.fl import records as R
 from qkt_flower.fl.checkpoint import Checkpoint
+from qkt_flower.fl.exchange import Exchange
+from qkt_flower.fl.timeline import train_step_timeline
 from qkt_flower.models import build_model
 from qkt_flower.qkt.probe import check_probe_reply, check_weights
 
 log = logging.getLogger(__name__)
 
 
-class QKTStrategy:
+class QKTStrategy(Exchange):
     """Drive one QKT query over the nodes of a grid.
 
     Parameters
@@ -52,13 +52,9 @@ class QKTStrategy:
         connect_timeout: float = 300.0,
         checkpoint: Checkpoint | None = None,
     ) -> None:
-        self.cfg, self.cfg_yaml, self.timeout, self.connect_timeout = cfg, cfg_yaml, timeout, connect_timeout
+        super().__init__(cfg, cfg_yaml, timeout, connect_timeout)
         self.checkpoint = checkpoint or Checkpoint(None, cfg_yaml, False)
         self.resumed: list[str] = []  # steps taken from the checkpoint instead of run
-        self.bytes = {"sent": {}, "received": {}}
-        self.dropped: dict[int, str] = {}  # client id (or node id before training) -> reason
-        self.seconds: dict[str, float] = {}
-        self.client_of: dict[int, int] = {}  # node id -> client id, learnt from the train replies
         self.info: dict[int, dict] = {}  # client id -> its train reply (num-classes, input-shape, query-classes)
         self.node_of: dict[int, int] = {}  # client id -> node id, of the nodes that trained
         self.expected_shapes: dict[str, torch.Size] = {}  # the agreed model's tensors, to check weights against
@@ -66,55 +62,6 @@ class QKTStrategy:
         self.asked = 0  # teachers sent a probe message of their own
         self.with_training_seconds: list[float] = []  # node compute of the answers that came with training
         self.train_started: float | None = None  # wall clock when the training messages went out
-
-    # -- messaging -----------------------------------------------------------------------------------
-    def _exchange(self, grid: Grid, step: str, messages: list[Message]) -> list[Message]:
-        """Send ``messages``, count bytes both ways, return the replies without errors."""
-        start = time.perf_counter()
-        sent = self.bytes["sent"]  # steps may repeat (re-selection): accumulate
-        sent[step] = sent.get(step, 0) + sum(R.payload_bytes(m.content) for m in messages)
-        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
-        # An error reply may come from the SuperLink itself (e.g. "Node Unavailable" for a node that
-        # stopped sending heartbeats), so match replies to the message they answer, not to their source.
-        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        ok, answered = [], set()
-        for r in replies:
-            node = dst_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
-            answered.add(node)
-            if r.has_error():
-                self._drop(node, step, f"error: {r.error.reason}")
-            else:
-                ok.append(r)
-        for m in messages:
-            if m.metadata.dst_node_id not in answered:
-                self._drop(m.metadata.dst_node_id, step, "no reply (timeout)")
-        received = self.bytes["received"]
-        received[step] = received.get(step, 0) + sum(R.payload_bytes(r.content) for r in ok)
-        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
-        return ok
-
-    def _drop(self, node_id: int, step: str, reason: str) -> None:
-        who = self.client_of.get(node_id, f"node {node_id}")
-        log.warning("%s dropped at %s: %s", who, step, reason)
-        self.dropped[str(who)] = f"{step}: {reason}"
-
-    def _message(self, node_id: int, message_type: str, **records) -> Message:
-        content = RecordDict({R.EXPERIMENT: R.pack_experiment(self.cfg_yaml), **records})
-        return Message(content=content, dst_node_id=node_id, message_type=message_type)
-
-    def wait_for_nodes(self, grid: Grid) -> list[int]:
-        """Node ids once every expected node has connected (or ``connect_timeout`` passed).
-
-        Nodes register asynchronously, in simulation as in deployment: asking once may see only some
-        of them, which would silently drop teachers from the query.
-        """
-        expected, deadline = self.cfg.partition.num_clients, time.monotonic() + self.connect_timeout
-        while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if len(nodes) < expected:
-            log.warning("only %d of %d nodes connected within %.0f s; going on", len(nodes), expected,
-                        self.connect_timeout)  # fmt: skip
-        return nodes
 
     # -- the four steps ------------------------------------------------------------------------------
     def train(self, grid: Grid, node_ids: Iterable[int]) -> dict[int, int]:
@@ -227,33 +174,8 @@ class QKTStrategy:
         return dict(replies[0].content.metric_records[R.METRICS]) if replies else None
 
     def local_training(self) -> dict:
-        """Step 0 as the nodes measured it, and where the rest of the train step's wall time went.
-
-        Samples pushed through and seconds inside the training loops; then, from the handlers' wall
-        clocks (comparable on one machine: simulation), the wait for the first handler (process start-up),
-        the seconds inside handlers, the gaps between one process's handlers, the tail after the last one.
-        """
-        info = self.info.values()
-        out = {
-            "clients": len(self.info),
-            "samples": int(sum(i.get("train-samples", 0) for i in info)),
-            "client_seconds": float(sum(i.get("train-seconds", 0.0) for i in info)),
-        }
-        spans = [(i["pid"], i["handler-start"], i["handler-end"]) for i in info if "handler-start" in i]
-        if spans and self.train_started is not None:
-            by_process: dict[int, list[tuple[float, float]]] = {}
-            for pid, start, end in spans:
-                by_process.setdefault(int(pid), []).append((float(start), float(end)))
-            ordered = [sorted(s) for s in by_process.values()]
-            gaps = [b[0] - a[1] for s in ordered for a, b in zip(s, s[1:], strict=False)]
-            out.update({
-                "processes": len(by_process),
-                "first_handler_after_s": min(s for _, s, _ in spans) - self.train_started,
-                "handler_seconds": float(sum(e - s for _, s, e in spans)),
-                "between_handlers_s": float(sum(gaps)),
-                "after_last_handler_s": self.train_started + self.seconds.get("train", 0.0) - max(e for *_, e in spans),
-            })  # fmt: skip
-        return out
+        """Step 0 as the nodes measured it, and where the rest of the train step's wall time went."""
+        return train_step_timeline(list(self.info.values()), self.train_started, self.seconds.get("train", 0.0))
 
     def resume_or_probe(self, grid: Grid, teachers: dict[int, int], shape, num_classes: int) -> dict:
         """The probe step, or its scores from the checkpoint (for the teachers that trained this time)."""
@@ -299,16 +221,16 @@ class QKTStrategy:
         steps.update()
         steps.set_postfix_str("fetching experts")
         start = time.perf_counter()
-        masks, selection = wf.choose_experts(self.cfg, scores, tuple(query_classes))
+        masks, selection = steps.choose_experts(self.cfg, scores, tuple(query_classes))
         self.seconds["mask"] = time.perf_counter() - start
         arrays = self.fetch(grid, selection.relevant, node_of)
         for _ in range(len(scores)):  # an expert that failed to send weights: re-select without it
             if set(selection.relevant) <= set(arrays):
                 break
             scores = {k: v for k, v in scores.items() if k in arrays or k not in selection.relevant}
-            masks, selection = wf.choose_experts(self.cfg, scores, tuple(query_classes))
+            masks, selection = steps.choose_experts(self.cfg, scores, tuple(query_classes))
             arrays.update(self.fetch(grid, [k for k in selection.relevant if k not in arrays], node_of))
-        experts = wf.expert_classes(masks, selection)
+        experts = steps.expert_classes(masks, selection)
         arrays = {k: arrays[k] for k in selection.relevant}
         steps.update()
         steps.set_postfix_str(f"query learning with {len(arrays)} experts")
@@ -316,7 +238,9 @@ class QKTStrategy:
         steps.update()
         steps.close()
         results = {
-            "method": "qkt-flower",
+            "runtime": "flower",
+            "method": self.cfg.method.name,
+            "seed": self.cfg.seed,
             "querying_client": query_client,
             "query_classes": list(query_classes),
             "num_classes": num_classes,

@@ -7,14 +7,15 @@ extractor work without per-architecture code.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from qkt_flower.errors import ConfigError
+from qkt_flower.errors import ConfigError, require
 from qkt_flower.models.cnn import SmallCNN
 
-__all__ = ["MODELS", "build_model", "SmallCNN"]
+__all__ = ["MODELS", "ModelSpec", "build_model", "SmallCNN"]
 
 
 def _resnet(depth: int) -> Callable[..., nn.Module]:
@@ -33,6 +34,17 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet10": _resnet(10),
     "resnet18": _resnet(18),
 }
+
+
+@dataclass
+class ModelSpec:
+    """Architecture name from :data:`MODELS` (the ``model`` config group; default ``conf/model/cnn.yaml``)."""
+
+    name: str = "cnn"
+
+    def check(self) -> None:
+        """Refuse an unknown architecture: :class:`~qkt_flower.errors.ConfigError` keyed ``name``."""
+        require(self.name in MODELS, "name", self.name, f"one of {sorted(MODELS)}")
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:

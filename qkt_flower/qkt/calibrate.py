@@ -8,9 +8,7 @@ predicted as the query class (a shirt called a coat), not confusions among local
 The querying client can measure that error itself, on its own local-class images: the share of
 them the new model assigns to a query class. :func:`calibrate_query_bias` lowers the query classes'
 head bias by the smallest amount that brings this share down to ``max_false_query`` — one scalar,
-set from data the client has, with no test data and no server involvement. Those images can be held
-out of query learning (``holdout`` in :func:`split_holdout`) so the share is not measured on images
-the model was just fitted to.
+set from data the client has, with no test data and no server involvement.
 
 A local model trained to convergence has memorised its own training images: it calls almost none of
 them a query class, and neither does the fine-tuned model, so calibration on them corrects nothing
@@ -32,20 +30,25 @@ from torch import nn
 from qkt_flower.data.augment import augmented_copies
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import INFERENCE_BATCH, image_batches
+from qkt_flower.errors import require
 from qkt_flower.qkt.engine import predict_logits
 
 
-@dataclass(frozen=True)
+@dataclass
 class CalibrationSpec:
     """``max_false_query``: allowed share of local images predicted as a query class (``None`` = off).
 
-    ``holdout``: share of each local class set aside from query learning to measure it on;
     ``augment``: measure it on that many jittered copies of each local image instead of the images.
     """
 
-    max_false_query: float | None = None
-    holdout: float = 0.0
-    augment: int = 0
+    max_false_query: float | None = 0.05
+    augment: int = 4
+
+    def check(self) -> None:
+        """Refuse a share outside [0, 1) and a negative copy count."""
+        limit = self.max_false_query
+        require(limit is None or 0 <= limit < 1, "max_false_query", limit, "null or a float in [0, 1)")
+        require(self.augment >= 0, "augment", self.augment, "an integer >= 0")
 
 
 def query_margins(logits: torch.Tensor, query_classes: tuple[int, ...]) -> torch.Tensor:
@@ -103,25 +106,6 @@ def accuracy_keeping_shift(
     return query_bias_shift_among(margins, right_otherwise, budget)
 
 
-def split_holdout(data: ImageDataset, local_classes: tuple[int, ...], share: float, seed: int):
-    """``(train, held_out)``: ``share`` of every local class's images (at least one) set aside, seeded."""
-    if share <= 0:
-        return data, None
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=gen)
-    held = []
-    for c in local_classes:
-        idx = order[data.labels[order] == c]
-        if len(idx) > 1:
-            held.append(idx[: max(1, int(share * len(idx)))])
-    if not held:
-        return data, None
-    held_idx = torch.cat(held)
-    keep = torch.ones(len(data), dtype=torch.bool)
-    keep[held_idx] = False
-    return data.subset(torch.nonzero(keep).flatten()), data.subset(held_idx)
-
-
 def calibration_images(
     images: ImageDataset, local_classes: tuple[int, ...], spec: CalibrationSpec, seed: int
 ) -> ImageDataset:
@@ -148,3 +132,23 @@ def calibrate_query_bias(
         bias = model.head.bias
         bias[list(query_classes)] -= shift
     return shift
+
+
+def calibrate(
+    model: nn.Module,
+    own: ImageDataset,
+    query_classes: tuple[int, ...],
+    local_classes: tuple[int, ...],
+    spec: CalibrationSpec,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Apply :func:`calibrate_query_bias` as ``spec`` says, on the client's own images ``own``; returns the shift.
+
+    ``own`` is the client's data before the transfer set's jittered copies (calibrating on jittered copies of
+    those would measure copies of copies); ``spec.augment`` jitters it here instead.
+    """
+    if spec.max_false_query is None:
+        return 0.0
+    images = calibration_images(own, local_classes, spec, seed)
+    return calibrate_query_bias(model, images, query_classes, local_classes, spec.max_false_query, device)

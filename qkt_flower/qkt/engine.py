@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qkt_flower.data.loaders import Batch
+from qkt_flower.errors import require
 
 StepFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
 
@@ -28,7 +29,7 @@ def mixed_precision(dtype: torch.dtype | None) -> Iterator[None]:
     """Within this block :func:`fit` runs forward passes and losses under ``torch.autocast(dtype)``.
 
     ``None`` = full precision. Only bfloat16 is offered by the config (same exponent range as float32,
-    so no gradient scaler is needed); the caller decides per device (see ``workflow.precision``).
+    so no gradient scaler is needed); the caller decides per device (see ``experiments.steps.precision``).
     """
     token = _AMP_DTYPE.set(dtype)
     try:
@@ -45,6 +46,9 @@ def _autocast(model: nn.Module):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
 @dataclass(frozen=True)
 class OptimSpec:
     """How to optimise: ``name`` is ``sgd`` or ``adam``."""
@@ -53,6 +57,12 @@ class OptimSpec:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+
+    def check(self) -> None:
+        """Refuse an unknown optimiser, a non-positive learning rate or a negative weight decay."""
+        require(self.name in OPTIMIZERS, "optimizer", self.name, f"one of {list(OPTIMIZERS)}")
+        require(self.lr > 0, "lr", self.lr, "a float > 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """Optimiser over ``params``."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from qkt_flower.errors import require
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,41 @@ MASK_RULES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "topk": topk_rule,
     "max_ratio": max_ratio_rule,
 }
+
+
+@dataclass
+class MaskSpec:
+    """The expert-mask rule and its parameters; ``enabled: false`` = every teacher is an expert of every class.
+
+    ``profile_min_share``: a teacher truly "has" a class when it makes up at least this share of its data
+    (only used to score the masks' precision and recall, never by the method).
+    """
+
+    enabled: bool = True
+    rule: str = "relative"
+    lam: float = 1.0
+    topk: int = 3
+    max_ratio: float = 0.1
+    profile_min_share: float = 0.05
+
+    def check(self) -> None:
+        """Refuse unknown rules and out-of-range parameters."""
+        require(self.rule in MASK_RULES, "rule", self.rule, f"one of {sorted(MASK_RULES)}")
+        require(self.lam > 0, "lam", self.lam, "a float > 0 (a class is an expert class if its score >= lam/C)")
+        require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
+        require(0 < self.max_ratio <= 1, "max_ratio", self.max_ratio, "a float in (0, 1]")
+        require(0 < self.profile_min_share < 1, "profile_min_share", self.profile_min_share, "a float in (0, 1)")
+
+    @property
+    def param(self) -> float:
+        """The rule's parameter."""
+        return {"relative": self.lam, "topk": self.topk, "max_ratio": self.max_ratio}[self.rule]
+
+    def masks(self, scores: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Every teacher's mask from its probe scores (all-true when masking is off: the "no mask" ablation)."""
+        if not self.enabled:
+            return {k: torch.ones_like(s, dtype=torch.bool) for k, s in scores.items()}
+        return {k: expert_mask(s, self.rule, self.param) for k, s in scores.items()}
 
 
 def expert_mask(scores: torch.Tensor, rule: str, param: float) -> torch.Tensor:
@@ -76,7 +113,7 @@ def known_class_gates(
 ) -> torch.Tensor:
     """``(K, C)`` booleans: row ``k`` marks the classes teacher ``k``'s mask says it knows.
 
-    The gate of every teacher term (``L_query``, ``L_mix``, ``L_rel``): a teacher is over-confident on
+    The gate of a teacher term (``L_query``): a teacher is over-confident on
     classes it never saw, so its term applies only to samples whose label it knows.
     """
     gates = torch.zeros(len(known_classes), num_classes, dtype=torch.bool, device=device)

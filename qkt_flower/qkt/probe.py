@@ -9,11 +9,40 @@ same noise with :func:`make_probe` and answers its mean softmax (C floats) via :
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from qkt_flower.errors import require
+
 NOISE_KINDS = ("gaussian", "uniform")
+
+
+@dataclass
+class ProbeSpec:
+    """The noise probe, sent to teachers as ``(seed, shape, n, kind)``; temperature and standardisation shape replies.
+
+    ``temperature``: T = 10 lifted mask recall from ~0.5 to ~0.9 (a trained model's answer on noise is
+    winner-takes-all at T = 1). ``batch_size``: inference batch (local compute, not part of the wire spec).
+    ``with_training``: the probe does not depend on the query, so teachers answer it in their training reply
+    instead of a round trip of its own.
+    """
+
+    n: int = 256
+    kind: str = "gaussian"
+    temperature: float = 10.0
+    standardize: bool = False
+    seed: int = 0
+    batch_size: int = 64
+    with_training: bool = True
+
+    def check(self) -> None:
+        """Refuse an empty probe, an unknown noise kind and a non-positive temperature."""
+        require(self.n >= 1, "n", self.n, "an integer >= 1")
+        require(self.kind in NOISE_KINDS, "kind", self.kind, f"one of {list(NOISE_KINDS)}")
+        require(self.temperature > 0, "temperature", self.temperature, "a float > 0")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
 
 
 def make_probe(shape: tuple[int, ...], n: int, seed: int, kind: str = "gaussian") -> torch.Tensor:

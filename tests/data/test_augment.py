@@ -4,7 +4,8 @@ import torch
 
 from qkt_flower.data.augment import augmented_copies
 from qkt_flower.data.datasets import ImageDataset
-from qkt_flower.qkt.phases import QueryTask, with_augmented_rows, with_augmented_shots
+from qkt_flower.qkt.task import QueryTask
+from qkt_flower.qkt.transfer import TransferSpec, transfer_set
 
 
 def _data() -> ImageDataset:
@@ -24,22 +25,24 @@ def test_copies_of_the_query_rows_only_seeded_and_changed():
     assert not any(torch.equal(img, originals[i % 2]) for i, img in enumerate(a.images))  # not plain duplicates
 
 
+def _grown(data, shots, local, query=(2,)):
+    return transfer_set(QueryTask(data, query, (0, 1)), TransferSpec(shots, local), seed=0).data
+
+
 def test_transfer_set_grows_by_the_copies_and_keeps_its_rows_first():
     data = _data()
-    grown = with_augmented_shots(data, (2,), 5, seed=0)
+    grown = _grown(data, 5, 0)
     assert len(grown) == len(data) + 10
     assert torch.equal(grown.images[: len(data)], data.images)  # cached logits index the original rows unchanged
-    assert with_augmented_shots(data, (2,), 0, seed=0) is data
+    assert _grown(data, 0, 0) is data
     assert len(augmented_copies(data, (7,), copies=3, seed=0)) == 0  # no shot of the class: nothing added
 
 
 def test_jittered_local_rows_join_the_shot_copies_with_their_own_labels():
     data = _data()
-    task = QueryTask(data, (2,), (0, 1))
-    grown = with_augmented_rows(data, task, shots=5, local=2, seed=0)
+    grown = _grown(data, 5, 2)
     assert len(grown) == len(data) + 10 + 2 * 10  # 2 shots x 5 + 10 local images x 2; class-"c"-free rows only
-    assert torch.equal(grown.images[: len(data) + 10], with_augmented_shots(data, (2,), 5, seed=0).images)
+    assert torch.equal(grown.images[: len(data) + 10], _grown(data, 5, 0).images)
     local = grown.subset(torch.arange(len(data) + 10, len(grown)))
     assert sorted(local.labels.tolist()) == sorted(data.labels[data.labels < 2].tolist() * 2)
     assert not torch.equal(local.images[:10], data.images[data.labels < 2])  # jittered, not duplicated
-    assert torch.equal(with_augmented_rows(data, task, 5, 0, seed=0).images, grown.images[: len(data) + 10])

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.deploy.local import LocalDeployment
-from qkt_flower.deploy.processes import alive, descendants
+from qkt_flower.fl.processes import alive, descendants
 from qkt_flower.fl.simulation import simulate
 from qkt_flower.results import load_results
 
@@ -26,7 +26,7 @@ pytestmark = [
 NODES = 4
 OVERRIDES = [
     "dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
-    f"partition.num_clients={NODES}", "strategy.control=false",
+    f"partition.num_clients={NODES}", "control=false",
 ]  # fmt: skip
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is
 
 OVERRIDES = [
     "dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
-    "partition.num_clients=5", "strategy.control=false", "baselines=all", "baselines.rounds=2",
+    "partition.num_clients=5", "control=false", "baselines=all", "baselines.rounds=2",
     "baselines.eval_rounds=[1,2]",
 ]  # fmt: skip
 
@@ -36,6 +36,11 @@ def test_every_baseline_reports_test_view_metrics(run):
         for rnd in b[name]["rounds"].values():
             assert 0.0 <= rnd["global"]["query_acc"] <= 1.0 and 0.0 <= rnd["finetuned"]["local_acc"] <= 1.0
     assert run["dropped"] == {}
+    # the results.json shape both runtimes share: every evaluated model is a top-level object
+    assert run["runtime"] == "flower" and {"before", "after"} <= set(run)
+    assert run["ensemble"] == b["one_round"]["ensemble"]
+    assert run["fedavg_2rd_ft"] == b["fedavg"]["rounds"]["2"]["finetuned"]
+    assert run["fedprox_1rd"] == b["fedprox"]["rounds"]["1"]["global"]
 
 
 def test_one_round_baselines_agree_with_the_reference(run):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is
 
 OVERRIDES = [
     "dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
-    "partition.num_clients=5", "strategy.control=false",
+    "partition.num_clients=5", "control=false",
 ]  # fmt: skip
 
 
@@ -36,14 +36,14 @@ def flower_run(tmp_path_factory):
 
 
 def test_simulation_runs_qkt_end_to_end(flower_run):
-    m = flower_run["metrics"]
+    m = {f"{stage}.{k}": v for stage in ("before", "after") for k, v in flower_run[stage].items()}  # the shared shape
     assert flower_run["dropped"] == {}
     assert sorted(flower_run["probe"]["scores"]) == ["1", "2", "3", "4"]  # every teacher was probed
     # a look-alike query (coat, for a client holding T-shirts and shirts) on 200 images per class and 1 local
     # epoch: the gain is small here (11 points with the default augmented shots, 23 without); the interference
     # grid in the README measures accuracy, this checks that the pipeline transfers some query knowledge
     assert m["after.query_acc"] > m["before.query_acc"] + 0.05
-    allowed = _config()[0].strategy.calibration.max_false_query  # share of local images it may call the query
+    allowed = _config()[0].method.calibration.max_false_query  # share of local images it may call the query
     assert m["after.local_acc"] >= m["before.local_acc"] - allowed - 0.01  # the default calibration keeps local
     assert set(flower_run["bytes"]["sent"]) == {"train", "probe", "weights", "qkt"}
     assert flower_run["bytes"]["received"]["weights"] > 0
@@ -61,7 +61,7 @@ def test_simulation_agrees_with_reference(flower_run):
     assert {str(c): v for c, v in ref["experts"].items()} == flower_run["experts"]
     for stage in ("before", "after"):
         for key in ("query_acc", "local_acc", "overall_acc"):
-            assert flower_run["metrics"][f"{stage}.{key}"] == pytest.approx(ref[stage][key], abs=1e-6)
+            assert flower_run[stage][key] == pytest.approx(ref[stage][key], abs=1e-6)
     # step 0 as the nodes measured it: every client pushed epochs x its partition through its loop
     lt = flower_run["local_training"]
     assert lt["clients"] == 5

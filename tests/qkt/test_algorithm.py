@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.errors import ConfigError
 from qkt_flower.models.cnn import SmallCNN
 from qkt_flower.qkt.engine import OptimSpec
+from qkt_flower.qkt.learn import query_learning
 from qkt_flower.qkt.losses import collapsed_kd, collapsed_log_probs
 from qkt_flower.qkt.mask import expert_mask, mask_quality, select_experts
-from qkt_flower.qkt.phases import Expert, PhaseSpec, QKTSpec, QueryTask, query_learning
+from qkt_flower.qkt.method import MethodSpec, PhaseSpec
 from qkt_flower.qkt.probe import check_probe_reply, make_probe, probe_scores
+from qkt_flower.qkt.task import Expert, QueryTask
 
 
 def test_relative_rule_on_hand_made_probe_answers():
@@ -75,9 +78,17 @@ def _toy_task():
     return QueryTask(data, query_classes=(2,), local_classes=(0, 1))
 
 
-def _spec(mode):
-    phase = PhaseSpec(epochs=1, batch_size=16, optim=OptimSpec("adam", 1e-2), beta=1.0, gamma=1.0)
-    return QKTSpec(mode=mode, phase1=phase, phase2=phase)
+def _method(*phases: tuple[str, list[str]]) -> MethodSpec:
+    """A method of the given (trains, terms) phases, 1 epoch each, no jitter or calibration (fast, exact)."""
+    spec = MethodSpec(
+        phases=[
+            PhaseSpec(name=f"p{i}", trains=trains, terms=terms, epochs=1, batch_size=16, epoch_samples=None, lr=1e-2)
+            for i, (trains, terms) in enumerate(phases)
+        ]
+    )
+    spec.transfer.augment_shots = spec.transfer.augment_local = 0
+    spec.calibration.max_false_query = None
+    return spec
 
 
 def test_phase2_changes_only_the_head():
@@ -85,7 +96,7 @@ def test_phase2_changes_only_the_head():
     local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
     original = copy.deepcopy(local.state_dict())
     experts = [Expert(teacher, (2,), (1, 2))]
-    student, _ = query_learning(local, _toy_task(), experts, _spec("light"), seed=0)
+    student, _ = query_learning(local, _toy_task(), experts, _method(("head", ["ce", "query", "keep"])), seed=0)
     after = student.state_dict()
     changed = {k for k in after if not torch.equal(after[k], original[k])}
     assert changed == {"head.weight", "head.bias"}  # features and BatchNorm statistics bit-identical
@@ -96,15 +107,46 @@ def test_phase1_changes_the_feature_extractor_and_is_deterministic():
     torch.manual_seed(0)
     local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
     experts = [Expert(teacher, (2,), (1, 2))]
-    a, _ = query_learning(local, _toy_task(), experts, _spec("two-phase"), seed=5)
-    b, _ = query_learning(local, _toy_task(), experts, _spec("two-phase"), seed=5)
+    two_phase = _method(("all", ["ce", "query"]), ("head", ["ce", "query", "keep"]))
+    a, _ = query_learning(local, _toy_task(), experts, two_phase, seed=5)
+    b, _ = query_learning(local, _toy_task(), experts, two_phase, seed=5)
     assert not torch.equal(a.body[0].weight, local.body[0].weight)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
-def test_unknown_mode_is_refused():
-    with pytest.raises(ValueError, match="mode"):
-        query_learning(SmallCNN(1, 3, image_size=8), _toy_task(), [], _spec("nope"), seed=0)
+def test_unknown_terms_and_parameter_sets_are_refused_with_their_path():
+    with pytest.raises(ConfigError) as err:
+        _method(("all", ["ce", "nope"])).check()
+    assert err.value.key == "phases.0.terms"
+    with pytest.raises(ConfigError) as err:
+        _method(("all", ["ce"]), ("body", ["ce"])).check()
+    assert err.value.key == "phases.1.trains"
+    spec = _method(("all", ["ce", "query"]))
+    spec.terms.query.weight = 25.0  # 25 * 2^2 = 100: it once made the model predict the query class for everything
+    with pytest.raises(ConfigError) as err:
+        spec.check()
+    assert err.value.key == "terms.query.weight"
+
+
+def test_a_term_of_weight_zero_is_not_computed():
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    method = _method(("all", ["ce", "query", "keep"]))
+    method.terms.keep.weight = 0.0
+    _, info = query_learning(local, _toy_task(), [Expert(teacher, (2,), (1, 2))], method, seed=0)
+    assert set(info["history"]["p0"][0]) == {"ce", "query", "loss"}
+
+
+def test_the_control_is_the_same_recipe_without_teacher_terms():
+    """Fair by construction: same whole-network phases, budget, transfer set and calibration; no teacher term."""
+    qkt = _method(("all", ["ce", "query"]), ("head", ["ce", "query", "keep"]))
+    control = qkt.without_teachers()
+    assert [(p.trains, p.terms, p.epochs) for p in control.phases] == [("all", ["ce"], 1)]
+    assert control.transfer == qkt.transfer and control.calibration == qkt.calibration and not control.teachers
+    local, teacher = SmallCNN(1, 3, image_size=8), SmallCNN(1, 3, image_size=8)
+    a, info = query_learning(local, _toy_task(), [Expert(teacher, (2,), (1, 2))], control, seed=3)
+    b, _ = query_learning(local, _toy_task(), [], control, seed=3)  # the experts are never used
+    assert "teacher_logits" not in info["seconds"]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_check_weights_refuses_other_shapes_and_nan():
@@ -122,8 +164,8 @@ def test_check_weights_refuses_other_shapes_and_nan():
 
 
 def test_mixed_precision_autocasts_training_only_where_asked():
-    from qkt_flower import workflow as wf
     from qkt_flower.config import load_config
+    from qkt_flower.experiments import steps
     from qkt_flower.qkt.engine import mixed_precision
 
     seen = []
@@ -150,65 +192,23 @@ def test_mixed_precision_autocasts_training_only_where_asked():
     assert seen == [torch.float32] * 4 + [torch.bfloat16] * 4 + [torch.float32] * 4
     assert math.isfinite(history[0]["loss"]) and model.lin.weight.dtype == torch.float32  # master weights stay fp32
     cpu = torch.device("cpu")
-    with wf.precision(load_config([]), cpu):  # auto: never on CPU
+    with steps.precision(load_config([]), cpu):  # auto: never on CPU
         fit(model, batches, cross_entropy_step, OptimSpec(), 1)
-    with wf.precision(load_config(["amp=true"]), cpu):
+    with steps.precision(load_config(["amp=true"]), cpu):
         fit(model, batches, cross_entropy_step, OptimSpec(), 1)
     assert seen[12:] == [torch.float32] * 4 + [torch.bfloat16] * 4
 
 
 def test_controls_and_baselines_get_qkts_whole_network_budget():
-    """The joint phase trains the whole network for phase 1's + phase 2's epochs; the teacher-free control
-    and the fine-tuned baselines must get as many, or a gap to QKT would be a gap in training."""
-    phase1 = PhaseSpec(epochs=2, batch_size=64, optim=OptimSpec("adam", 1e-3))
-    phase2 = PhaseSpec(epochs=5, batch_size=128, optim=OptimSpec("sgd", 1e-2))
-    joint = QKTSpec("joint", phase1, phase2).whole_network_budget()
-    assert (joint.epochs, joint.batch_size, joint.optim) == (7, 64, phase1.optim)
-    for mode in ("two-phase", "phase1", "light"):
-        assert QKTSpec(mode, phase1, phase2).whole_network_budget() == phase1
+    """The joint phase trains the whole network for 7 epochs; the teacher-free control and the one-round
+    baselines must get as many, or a gap to QKT would be a gap in training."""
+    from qkt_flower.config import load_config
 
-
-def test_shuffled_patches_permutes_whole_patches_reproducibly():
-    from qkt_flower.qkt.local import shuffled_patches
-
-    x = torch.arange(2 * 1 * 8 * 9, dtype=torch.float32).reshape(2, 1, 8, 9)  # 9 columns: the last is cropped
-    out = shuffled_patches(x, torch.Generator().manual_seed(0))
-    assert out.shape == (2, 1, 8, 8)
-    corners = [(r, c) for r in range(0, 8, 2) for c in range(0, 8, 2)]
-    for i in range(2):  # the same 16 patches of 2 x 2 pixels, in another order
-        patches = {tuple(x[i, 0, r : r + 2, c : c + 2].flatten().tolist()) for r, c in corners}
-        assert {tuple(out[i, 0, r : r + 2, c : c + 2].flatten().tolist()) for r, c in corners} == patches
-    assert not torch.equal(out, x[..., :8])
-    assert torch.equal(out, shuffled_patches(x, torch.Generator().manual_seed(0)))
-
-
-def test_outlier_exposure_makes_the_model_unsure_on_shuffled_images_only():
-    """Two classes told apart by layout (left vs top half bright): shuffling the patches destroys it.
-
-    With outlier exposure the model stays right on the images and answers near-uniform on shuffled copies;
-    without it, it is sure of one class on them too.
-    """
-    from qkt_flower.qkt.local import shuffled_patches, train_local
-
-    gen = torch.Generator().manual_seed(0)
-    images = (torch.rand(96, 1, 8, 8, generator=gen) * 60).to(torch.uint8)
-    labels = torch.tensor([0, 1] * 48)
-    images[labels == 0, :, :, :4] += 180
-    images[labels == 1, :, :4, :] += 180
-    data = ImageDataset(images, labels, ("left", "top"), (0.5,), (0.25,))
-    x = (images.float() / 255 - 0.5) / 0.25
-    shuffled = shuffled_patches(x, torch.Generator().manual_seed(1))
-
-    def confidence(weight: float) -> tuple[float, float]:
-        model = SmallCNN(1, 2, image_size=8)
-        history = train_local(model, data, 8, 32, OptimSpec("adam", 3e-3), seed=0, outlier_exposure=weight)
-        assert ("oe" in history[-1]) == (weight > 0)
-        model.eval()
-        with torch.no_grad():
-            accuracy = float((model(x).argmax(-1) == labels).float().mean())
-            sure = float(torch.softmax(model(shuffled), -1).max(-1).values.mean())
-        return accuracy, sure
-
-    plain, exposed = confidence(0.0), confidence(1.0)
-    assert plain[0] > 0.95 and exposed[0] > 0.95
-    assert exposed[1] < 0.7 and exposed[1] < plain[1] - 0.1, (plain, exposed)
+    joint = load_config([]).method
+    assert joint.whole_network_budget() == joint.phases[0] and joint.phases[0].epochs == 7
+    assert joint.without_teachers().phases[0].epochs == 7
+    two = load_config(["method=qkt_two_phase"]).method
+    assert two.whole_network_budget() == two.phases[0] and two.without_teachers().phases == [
+        PhaseSpec(**{**two.phases[0].__dict__, "terms": ["ce"]})
+    ]
+    assert load_config(["method=qkt_light"]).method.whole_network_budget() is None

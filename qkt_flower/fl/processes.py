@@ -1,15 +1,15 @@
-"""Start and stop the Flower runtime's processes so that nothing outlives a script or a test.
+"""Stop a process and everything it started, so that nothing outlives a script or a test.
 
 Flower's daemons start helpers of their own (a SuperLink starts ``flower-superexec`` in a new process
 group, a SuperNode one ``flwr-clientapp`` per message), so stopping the pid we started is not enough:
 :func:`stop_trees` signals the whole tree of descendants, found through ``/proc`` before any of them dies.
+Both the simulation launcher (:mod:`qkt_flower.fl.launch`) and the deployment (:mod:`qkt_flower.deploy`) use it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,24 +70,3 @@ def stop_trees(pids: Iterable[int], grace: float = 10.0, sig: int = signal.SIGTE
     deadline = time.monotonic() + 10.0
     while any(alive(p) for p in every) and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, timeout: float, pid: int | None = None) -> None:
-    """Block until ``host:port`` accepts connections; fail early if process ``pid`` died meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pid is not None and not alive(pid):
-            raise RuntimeError(f"process {pid} exited before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")

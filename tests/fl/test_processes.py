@@ -1,11 +1,11 @@
-"""Process-tree helpers the deployment relies on to stop (or kill) a SuperNode and everything it started."""
+"""Process-tree helpers the launcher and the deployment rely on to stop a SuperNode and everything it started."""
 
 import signal
 import subprocess
 import sys
 import time
 
-from qkt_flower.deploy.processes import alive, descendants, stop_trees
+from qkt_flower.fl.processes import alive, descendants, stop_trees
 
 # a parent that starts two grandchildren (like a SuperNode starting flwr-clientapp processes), then waits
 TREE = "import subprocess, sys, time; [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']) for _ in range(2)]; time.sleep(300)"  # noqa: E501

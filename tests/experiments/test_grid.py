@@ -6,16 +6,26 @@ every method gives a row, that the claim check is printed, and that the baseline
 """
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import claim_table  # noqa: E402
-import plot  # noqa: E402
-import query_grid  # noqa: E402
+from qkt_flower.experiments.grid import CONF_DIR, conf_fingerprint
+from qkt_flower.experiments.tables import ACC, claim_conditions
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def script(name: str, *args: str) -> str:
+    """Run ``scripts/<name>.py`` as a user would; its stdout (a failure shows its stderr)."""
+    proc = subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), *args], capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
 
 CLASSES = [f"class{c}" for c in range(10)]
 
@@ -30,34 +40,33 @@ def _image_folder(root: Path, train: int, test: int) -> None:
                 Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
 
 
-def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
+def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path):
     _image_folder(tmp_path / "data", train=30, test=4)
-    variants = ["QKT (default)", "QKT, no augmentation", "QKT, expert-labelled mixes",
+    variants = ["QKT (default)", "QKT, no augmentation", "QKT, no calibration",
                 "balanced-CE control"]  # fmt: skip
     extra = ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16", "model=resnet10",
-             "local.epochs=1", "strategy.phase1.epochs=1", "strategy.phase2.epochs=1", "query.min_local_count=5",
+             "local.epochs=1", "method.phases.0.epochs=2", "query.min_local_count=5",
              "strategy.probe.n=32"]  # fmt: skip
     argv = ["--partitions", "pathological", "--seeds", "0", "--queries", "[0]", "--rounds", "2",
             "--variants", *variants, "--out", str(tmp_path / "grid"), "--extra", *extra]  # fmt: skip
-    query_grid.main(argv)
-    printed = capsys.readouterr().out
+    printed = script("query_grid", *argv)
     result = json.loads((tmp_path / "grid" / "grid.json").read_text())
     methods = [r["method"] for r in result["table"]]
     expected = ["local model", *variants, "ensemble (all models)", "vanilla KD", "FedDF fusion", "FedAvg (1 rd)",
                 "FedAvg (1 rd) + FT", "FedAvg (2 rd)", "FedAvg (2 rd) + FT"]  # fmt: skip
     assert methods == expected and not result["skipped"]
     for row in result["rows"]:
-        assert all(0.0 <= row[k] <= 100.0 for k in query_grid.ACC)
+        assert all(0.0 <= row[k] <= 100.0 for k in ACC)
     streamed = [json.loads(line) for line in (tmp_path / "grid" / "rows.jsonl").read_text().splitlines()]
     assert streamed == result["rows"]  # written cell by cell, so a stopped grid keeps its finished cells
-    query_grid.main(["--from-rows", "--out", str(tmp_path / "grid")])  # tables rebuilt from them, nothing run
+    script("query_grid", "--from-rows", "--out", str(tmp_path / "grid"))  # tables rebuilt from them, nothing run
     assert json.loads((tmp_path / "grid" / "grid.json").read_text())["table"] == result["table"]
     assert "Claim check, QKT (default):" in printed and printed.count("PASS") + printed.count("FAIL") == 3
     cached = sorted(p.name for p in (tmp_path / "grid" / "cache").iterdir() if p.is_file())
     assert [p.split("-")[0] for p in cached] == ["baselines", "fedavg"]
 
     # a second grid with another variant re-uses the cached baselines: identical rows
-    query_grid.main([*argv[: argv.index("--variants") + 1], "QKT Light", *argv[argv.index("--out") :]])
+    script("query_grid", *argv[: argv.index("--variants") + 1], "QKT Light", *argv[argv.index("--out") :])
     again = json.loads((tmp_path / "grid" / "grid.json").read_text())
     first = {r["method"]: r for r in result["rows"]}
     for row in again["rows"]:
@@ -65,15 +74,15 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path, capsys):
             assert row == first[row["method"]]
 
     # the trade-off figure is drawn from the grid's own grid.json
-    plot.main([str(tmp_path / "grid")])
+    script("plot", str(tmp_path / "grid"))
     assert (tmp_path / "grid" / "trade_off.png").stat().st_size > 10_000
 
     # the claim table across grids: one column per (label, query size, split), the three conditions per column
-    claim_table.main(["A=" + str(tmp_path / "grid"), "B=" + str(tmp_path / "grid"), "--qkt", "QKT Light",
-                      "--out", str(tmp_path / "claim")])  # fmt: skip
+    script("claim_table", "A=" + str(tmp_path / "grid"), "B=" + str(tmp_path / "grid"), "--qkt", "QKT Light",
+           "--out", str(tmp_path / "claim"))  # fmt: skip
     claim = json.loads((tmp_path / "claim" / "claim.json").read_text())
     assert list(claim["passed"]) == ["A 1-cl path.", "B 1-cl path."]
-    conditions = query_grid.claim_conditions(again["table"], 20.0, "QKT Light")  # the last grid.json's QKT row
+    conditions = claim_conditions(again["table"], 20.0, "QKT Light")  # the last grid.json's QKT row
     assert claim["passed"]["A 1-cl path."] == [ok for ok, _, _ in conditions]
     text = (tmp_path / "claim" / "claim.md").read_text()
     assert "| QKT Light |" in text and text.count("PASS") + text.count("FAIL") == 6
@@ -84,44 +93,17 @@ def test_conf_fingerprint_follows_every_yaml_under_conf(tmp_path):
     (tmp_path / "strategy").mkdir()
     (tmp_path / "config.yaml").write_text("seed: 0\n")
     (tmp_path / "strategy" / "qkt.yaml").write_text("augment_local: 1\n")
-    first = query_grid.conf_fingerprint(tmp_path)
-    assert query_grid.conf_fingerprint(tmp_path) == first
+    first = conf_fingerprint(tmp_path)
+    assert conf_fingerprint(tmp_path) == first
     (tmp_path / "strategy" / "qkt.yaml").write_text("augment_local: 0\n")  # a default edited in a group
-    edited = query_grid.conf_fingerprint(tmp_path)
+    edited = conf_fingerprint(tmp_path)
     assert edited != first
     (tmp_path / "strategy" / "qkt.yaml").rename(tmp_path / "strategy" / "other.yaml")  # same text, other option
-    assert query_grid.conf_fingerprint(tmp_path) not in (first, edited)
-    assert query_grid.conf_fingerprint() == query_grid.conf_fingerprint(query_grid.CONF_DIR)  # the repo's conf/
+    assert conf_fingerprint(tmp_path) not in (first, edited)
+    assert conf_fingerprint() == conf_fingerprint(CONF_DIR)  # the repo's conf/
 
 
-def test_calibration_frontier_reproduces_the_calibrated_rows_and_bounds_every_rule_by_the_oracle(tmp_path):
-    """The default rule applied post hoc gives the grid's calibrated rows; the oracle keeps the test band per cell."""
-    import calibration_frontier
-
-    extra = ["dataset.train_per_class=60", "dataset.test_per_class=40", "local.epochs=1", "strategy.probe.n=32"]
-    calibration_frontier.main(["--partitions", "pathological", "--seeds", "0", "--queries", "[2]",
-                               "--out", str(tmp_path / "frontier"), "--extra", *extra])  # fmt: skip
-    result = json.loads((tmp_path / "frontier" / "frontier.json").read_text())
-    rows = {(r["method"], r["rule"]): r for r in result["rows"]}
-    assert len(rows) == 2 * len(calibration_frontier.RULES)
-    overrides = ["partition=pathological", "seed=0", "query.classes=[2]", "progress=false",
-                 f"local.cache_dir={tmp_path / 'frontier' / 'cache'}", *extra]  # fmt: skip
-    grid = {r["method"]: r for r in query_grid.run_cell(overrides, "cpu", None, {
-        "QKT (default)": [], "balanced-CE control": []})}  # fmt: skip
-    for method, grid_name in (("QKT", "QKT (default)"), ("balanced-CE control", "balanced-CE control")):
-        default = rows[(method, "false queries ≤ budget (default)")]
-        assert default["query_acc"] == grid[grid_name]["query_acc"]
-        assert default["local_acc"] == grid[grid_name]["local_acc"]
-        oracle = rows[(method, "TEST ORACLE: every cell within 2 points")]
-        assert oracle["local_delta"] >= -2.0 - 1e-9
-        uncalibrated = rows[(method, "no calibration")]
-        assert oracle["query_acc"] <= uncalibrated["query_acc"] + 1e-9  # a shift only ever lowers query accuracy
-
-
-def test_calibration_frontier_refuses_a_run_without_a_calibration_budget(tmp_path, capsys):
-    import calibration_frontier
-    import pytest
-
-    with pytest.raises(SystemExit) as stop:
-        calibration_frontier.main(["--out", str(tmp_path), "--extra", "strategy.calibration.max_false_query=null"])
-    assert stop.value.code == 2 and "max_false_query" in capsys.readouterr().err
+def test_unknown_variant_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "query_grid.py"), "--variants", "QKT, no such thing",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr

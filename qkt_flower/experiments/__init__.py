@@ -1,0 +1,1 @@
+"""Experiments: the in-process pipeline, grids, tables and the claim check."""

@@ -1,0 +1,24 @@
+"""Cache keys: everything that shapes a cached object, the code that made it included.
+
+A cache key that ignores the code lets an old model answer for new code: a grid once loaded FedAvg models
+cached by an older version, and its table could not be reproduced afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+
+
+def code_fingerprint(*code) -> str:
+    """Hash of the source of ``code`` (modules, functions, classes)."""
+    h = hashlib.sha256()
+    for obj in code:
+        h.update(inspect.getsource(obj).encode())
+    return h.hexdigest()[:12]
+
+
+def key_of(parts: list) -> str:
+    """A short stable hash of JSON-able ``parts``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,154 @@
+"""The interference grid: named variants and baselines over (split, seed, query) cells, on the in-process pipeline.
+
+One lucky query proves nothing: every cell trains its local models once (cached under ``<out>/cache``), then
+runs each variant of ``conf/variants.yaml`` and the baselines on them, and evaluates each on the querying
+client's test view. Baseline rows and FedAvg / FedProx global models are cached per cell: a new variant reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from qkt_flower.baselines import averaging, distill, ensemble, proximal
+from qkt_flower.config import CONF_DIR, load_config
+from qkt_flower.experiments import federated, steps
+from qkt_flower.experiments.cache import code_fingerprint, key_of
+from qkt_flower.experiments.pipeline import Experiment, prepare
+from qkt_flower.experiments.tables import ACC
+from qkt_flower.qkt import calibrate, evaluate, learn, transfer
+
+BASELINE_CODE = (
+    averaging,
+    distill,
+    ensemble,
+    proximal,
+    calibrate,
+    evaluate,
+    learn,
+    transfer,
+    federated.one_round_baseline,
+    steps.control_model,
+)
+"""The code behind the cached baseline rows (with the local models' and the FedAvg globals' own keys)."""
+ONE_ROUND = {"ensemble": "ensemble (all models)", "vanilla_kd": "vanilla KD", "feddf": "FedDF fusion"}
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Which non-QKT methods a cell runs, and where their rows are cached (they do not depend on QKT's config)."""
+
+    federated: tuple[str, ...] = ("fedavg",)
+    rounds: int = 10
+    cache: Path | None = None
+
+
+def global_models(exp: Experiment, name: str, b: Baselines) -> dict:
+    """FedAvg / FedProx global models after 1 and ``b.rounds`` rounds, cached as state dicts."""
+    cfg, fed = exp.cfg, exp.fed
+    mu = cfg.baselines.fedprox_mu if name == "fedprox" else 0.0
+    code = code_fingerprint(
+        federated.federated_round, federated.federated_baseline, federated.initial_global_model, averaging
+    )
+    key = key_of([steps.local_model_key(cfg), name, mu, cfg.baselines.epochs_per_round, b.rounds, code])
+    path = b.cache / f"{name}-{key}.pt" if b.cache is not None else None
+    if path is not None and path.exists():
+        states = torch.load(path, map_location="cpu")
+    else:
+        trained = federated.federated_baseline(cfg, fed, mu, b.rounds, {1, b.rounds}, exp.device)
+        states = {r: {k: v.cpu() for k, v in m.state_dict().items()} for r, m in trained.items()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(states, path)
+    models = {}
+    for rounds, state in sorted(states.items()):
+        model = federated.initial_global_model(cfg, fed.train.input_shape, fed.train.num_classes)
+        model.load_state_dict(state)
+        models[rounds] = model.to(exp.device).eval()
+    return models
+
+
+def baseline_rows(exp: Experiment, row, b: Baselines) -> list[dict]:
+    """Ensemble / vanilla KD / FedDF from every teacher; FedAvg / FedProx after 1 and ``b.rounds`` rounds ± FT.
+
+    "+ FT" fine-tunes the global model with the control's recipe and budget (calibration included). Cached per cell.
+    """
+    cfg, fed = exp.cfg, exp.fed
+    key = key_of(
+        [
+            steps.local_model_key(cfg),
+            asdict(cfg.method),
+            asdict(cfg.baselines),
+            list(b.federated),
+            b.rounds,
+            code_fingerprint(*BASELINE_CODE),
+        ]
+    )
+    cached = b.cache / f"baselines-{key}.json" if b.cache is not None else None
+    if cached is not None and cached.exists():
+        return json.loads(cached.read_text())
+    teachers = {k: exp.models[k] for k in exp.teachers}
+    sizes = {k: len(fed.scenario.partitions[k]) for k in exp.models}
+    local = exp.models[exp.client]
+    rows = [
+        row(label, federated.one_round_baseline(cfg, fed, name, local, teachers, sizes, exp.device))
+        for name, label in ONE_ROUND.items()
+    ]
+    for name in b.federated:
+        label = {"fedavg": "FedAvg", "fedprox": "FedProx"}[name]
+        for rounds, model in global_models(exp, name, b).items():
+            rows.append(row(f"{label} ({rounds} rd)", model))
+            rows.append(row(f"{label} ({rounds} rd) + FT", steps.control_model(cfg, fed, model, exp.device)))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(rows))
+    return rows
+
+
+def run_cell(
+    overrides: list[str], variants: dict[str, list[str]], baselines: Baselines | None, device=None
+) -> list[dict]:
+    """Every variant (and the baselines) on one (split, seed, query) cell; rows in percent."""
+    exp = prepare(load_config(overrides), device)
+
+    def row(method: str, model) -> dict:
+        r = exp.evaluate(model)
+        return {"method": method, **{k: 100 * r[k] for k in ACC}}
+
+    rows = [row("local model", exp.models[exp.client])]
+    for name, extra in variants.items():
+        rows.append(row(name, exp.learn(load_config([*overrides, *extra]))[0]))
+    if baselines is not None:
+        rows += baseline_rows(exp, row, baselines)
+    for r in rows:
+        r["local_delta"] = r["local_acc"] - rows[0]["local_acc"]
+    return rows
+
+
+def cell_overrides(part: str, seed: int, query: str, cache: Path, extra: list[str]) -> list[str]:
+    """One cell's Hydra overrides; local models cached under ``cache``."""
+    return [
+        f"partition={part}",
+        f"seed={seed}",
+        f"query.classes={query}",
+        "progress=false",
+        f"local.cache_dir={cache}",
+        *extra,
+    ]
+
+
+def conf_fingerprint(conf_dir: Path = CONF_DIR) -> str:
+    """Hash of every YAML file under ``conf/`` (names and contents).
+
+    Every cell composes its config from ``conf/`` when it starts, so a default edited while a grid runs silently
+    splits its rows between two sets of defaults: the grid compares this after every cell and stops when it changed.
+    """
+    h = hashlib.sha256()
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        h.update(path.relative_to(conf_dir).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]

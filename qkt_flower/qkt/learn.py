@@ -1,0 +1,127 @@
+"""Query learning on the querying client: the one loop every method runs (see :mod:`qkt_flower.qkt.method`).
+
+Transfer set → for each phase: prepare its terms, train what it trains on class-balanced batches → calibrate
+the query bias. The control is the same call with ``method.without_teachers()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from qkt_flower.data.datasets import ImageDataset
+from qkt_flower.data.loaders import INFERENCE_BATCH, Batch, Batches, image_batches
+from qkt_flower.qkt.calibrate import calibrate
+from qkt_flower.qkt.engine import StepFn, fit
+from qkt_flower.qkt.method import MethodSpec, PhaseSpec
+from qkt_flower.qkt.task import Expert, QueryTask, Teachers
+from qkt_flower.qkt.transfer import transfer_set
+
+
+def phase_batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: torch.Tensor | None = None) -> Batches:
+    """Shuffled batches of the transfer set (or of ``inputs`` in its order), class-balanced over Q ∪ local.
+
+    Other classes the client holds a few images of are not up-weighted. An epoch draws ``spec.epoch_samples``.
+    """
+    kwargs = dict(
+        shuffle=True,
+        balanced=spec.balanced,
+        balance_classes=(*task.query_classes, *task.local_classes),
+        generator=torch.Generator().manual_seed(seed),
+        device=device,
+        epoch_samples=spec.epoch_samples,
+    )
+    if inputs is None:
+        return image_batches(task.data, spec.batch_size, **kwargs)
+    return Batches(inputs, task.data.labels, spec.batch_size, **kwargs)
+
+
+@torch.inference_mode()
+def features(model: nn.Module, data: ImageDataset, device) -> torch.Tensor:
+    """``model.features`` over ``data`` in eval mode (BatchNorm statistics untouched), in data order."""
+    model.eval()
+    return torch.cat([model.features(b.x).float() for b in image_batches(data, INFERENCE_BATCH, device=device)])
+
+
+def loss_step(method: MethodSpec, phase: PhaseSpec, task: QueryTask, teachers: Teachers) -> StepFn:
+    """The training step of ``phase``: ``{term: weight · loss}`` for each listed term of non-zero weight."""
+    parts = [
+        (name, term.weight, term.prepare(task, teachers))
+        for name in phase.terms
+        if (term := method.terms.get(name)).weight > 0
+    ]
+
+    def step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = model(batch.x)
+        return {name: weight * loss(logits, batch) for name, weight, loss in parts}
+
+    return step
+
+
+def run_phase(
+    student: nn.Module,
+    method: MethodSpec,
+    phase: PhaseSpec,
+    task: QueryTask,
+    teachers: Teachers,
+    seed: int,
+    device,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``student`` in place for one phase; returns the engine's per-epoch losses."""
+    step = loss_step(method, phase, task, teachers)
+    if phase.trains == "head":
+        batches = phase_batches(task, phase, seed, device, inputs=features(student, task.data, device))
+        return fit(student.head, batches, step, phase.optim, phase.epochs, desc=phase.name, progress=progress)
+    return fit(
+        student,
+        phase_batches(task, phase, seed, device),
+        step,
+        phase.optim,
+        phase.epochs,
+        desc=phase.name,
+        progress=progress,
+    )
+
+
+def query_learning(
+    local_model: nn.Module,
+    task: QueryTask,
+    experts: list[Expert],
+    method: MethodSpec,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    on_phase_end: Callable[[str, nn.Module], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Run ``method`` on the querying client; returns the new model and ``{"history", "seconds", "calibration_shift"}``.
+
+    ``local_model`` is not modified. Phase ``i`` draws its batches with ``seed + i``. ``on_phase_end(name,
+    student)`` is called after each phase and after calibration (e.g. to evaluate intermediate models).
+    """
+    method = method.runs()
+    seconds: dict[str, float] = {}
+    history: dict[str, list] = {}
+    own = task.data  # calibration measures the client's own images, never the jittered copies
+    task = transfer_set(task, method.transfer, seed)
+    teachers = Teachers(experts if method.teachers else [], local_model, task.data, device)
+    if any(method.terms.get(t).teacher for p in method.phases for t in p.terms):
+        start = time.perf_counter()
+        _ = teachers.logits, teachers.original_logits
+        seconds["teacher_logits"] = time.perf_counter() - start
+    student = copy.deepcopy(local_model).to(device)
+    for i, phase in enumerate(method.phases):
+        start = time.perf_counter()
+        history[phase.name] = run_phase(student, method, phase, task, teachers, seed + i, device, progress)
+        seconds[phase.name] = time.perf_counter() - start
+        if on_phase_end is not None:
+            on_phase_end(phase.name, student)
+    student.eval()
+    shift = calibrate(student, own, task.query_classes, task.local_classes, method.calibration, seed, device)
+    if on_phase_end is not None and method.calibration.max_false_query is not None:
+        on_phase_end("calibrated", student)
+    return student, {"history": history, "seconds": seconds, "calibration_shift": shift}

@@ -1,0 +1,115 @@
+"""A query-learning method as data: phases (what trains, which terms, what budget) + transfer set + calibration.
+
+The paper's two phases, the joint default, QKT Light, phase 1 alone and the class-balanced CE control are all
+values of :class:`MethodSpec` (``conf/method/*.yaml``), run by one loop (:func:`qkt_flower.qkt.learn.query_learning`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from qkt_flower.errors import ConfigError, require
+from qkt_flower.qkt.calibrate import CalibrationSpec
+from qkt_flower.qkt.engine import OptimSpec
+from qkt_flower.qkt.terms import Terms
+from qkt_flower.qkt.transfer import TransferSpec
+
+TRAINS = ("all", "head")
+
+
+@dataclass
+class PhaseSpec:
+    """One phase: which parameters train, which loss terms, and its budget.
+
+    ``trains``: ``all`` (the whole network) or ``head`` (the frozen extractor's features are computed once,
+    BatchNorm untouched, so an epoch costs a linear layer). ``epoch_samples``: class-balanced draws per epoch
+    (``None`` = the transfer set's size: the number of steps then grows with the client's data, ~15x from
+    300 to 6000 images per class, and the few query shots are drawn ~15x as often).
+    """
+
+    name: str = "joint"
+    trains: str = "all"
+    terms: list[str] = field(default_factory=lambda: ["ce", "query", "keep"])
+    epochs: int = 7
+    batch_size: int = 64
+    epoch_samples: int | None = 320
+    balanced: bool = True
+    optimizer: str = "adam"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    @property
+    def optim(self) -> OptimSpec:
+        """The engine's optimiser spec."""
+        return OptimSpec(self.optimizer, self.lr, self.momentum, self.weight_decay)
+
+    def check(self) -> None:
+        """Refuse unknown terms or parameter sets and impossible budgets."""
+        require(self.trains in TRAINS, "trains", self.trains, f"one of {list(TRAINS)}")
+        bad = [t for t in self.terms if t not in Terms.names()]
+        require(bool(self.terms) and not bad, "terms", list(self.terms), f"a non-empty list of {list(Terms.names())}")
+        require(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(
+            self.epoch_samples is None or self.epoch_samples >= 1,
+            "epoch_samples",
+            self.epoch_samples,
+            "null (the transfer set's size) or an integer >= 1",
+        )
+        self.optim.check()
+
+
+@dataclass
+class MethodSpec:
+    """A named query-learning recipe. ``teachers: false`` drops every teacher term: the class-balanced CE control.
+
+    The control keeps the phases that train the whole network (CE alone on the head after CE on the whole
+    network would be a second fine-tuning step QKT has no counterpart of), the transfer set and the calibration:
+    the gap to QKT is the teachers' contribution, by construction.
+    """
+
+    name: str = "qkt"
+    teachers: bool = True
+    phases: list[PhaseSpec] = field(default_factory=lambda: [PhaseSpec()])
+    terms: Terms = field(default_factory=Terms)
+    transfer: TransferSpec = field(default_factory=TransferSpec)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+
+    def check(self) -> None:
+        """Every part's check, keys prefixed with where they sit (``phases.0.epochs``, ``terms.query.weight``)."""
+        require(bool(self.phases), "phases", list(self.phases), "a non-empty list of phases")
+        parts = [(f"phases.{i}", p) for i, p in enumerate(self.phases)]
+        for prefix, part in [
+            *parts,
+            ("terms", self.terms),
+            ("transfer", self.transfer),
+            ("calibration", self.calibration),
+        ]:
+            try:
+                part.check()
+            except ConfigError as err:
+                raise err.under(prefix) from None
+
+    def without_teachers(self) -> MethodSpec:
+        """The class-balanced CE control of this recipe: its whole-network phases with their non-teacher terms."""
+        phases = [
+            replace(p, terms=[t for t in p.terms if not self.terms.get(t).teacher])
+            for p in self.phases
+            if p.trains == "all"
+        ]
+        phases = [p for p in phases if p.terms]
+        return replace(self, name=f"{self.name} control", teachers=False, phases=phases)
+
+    def runs(self) -> MethodSpec:
+        """The recipe as it trains: itself, or :meth:`without_teachers` when ``teachers`` is off."""
+        return self if self.teachers else self.without_teachers()
+
+    def whole_network_budget(self) -> PhaseSpec | None:
+        """The first whole-network phase with the epochs of every whole-network phase (``None``: head only).
+
+        The one-round baselines (vanilla KD, FedDF) train for this budget, so a gap to QKT is never a gap in
+        training.
+        """
+        whole = [p for p in self.phases if p.trains == "all"]
+        return replace(whole[0], epochs=sum(p.epochs for p in whole)) if whole else None
