@@ -110,5 +110,6 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     seeds, n = sorted({r["seed"] for r in rows}), len({_cell(r) for r in rows})
     note = f"Left out (not run on every cell): {', '.join(result['left_out'])}.\n\n" if result["left_out"] else ""
-    return (f"Query / local (mean(q,l), Δlocal) per (images per class, split); seeds {seeds}, {n} cells.\n\n"
-            + "\n".join(lines) + f"\n\n{note}Selection rule: {result['winner'] or 'none'} — {result['why']}.\n")  # fmt: skip
+    head = f"Query / local (mean(q,l), Δlocal) per (images per class, split); seeds {seeds}, {n} cells."
+    rule = f"Selection rule: {result['winner'] or 'none'} — {result['why']}."
+    return f"{head}\n\n" + "\n".join(lines) + f"\n\n{note}{rule}\n"

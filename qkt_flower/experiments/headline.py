@@ -17,7 +17,7 @@ from pathlib import Path
 QKT = "QKT (default)"
 BASELINES = ("ensemble (all models)", "vanilla KD", "FedDF fusion", "FedAvg (1 rd)", "FedAvg (10 rd)",
              "FedProx (1 rd)", "FedProx (10 rd)")  # fmt: skip
-BAND = -2.0  # local accuracy may drop at most 2 points (the band)
+BAND = -2.0  # local accuracy may drop at most 2 points (the claim's band)
 DEFAULT_EPOCHS = 2  # conf/config.yaml local.epochs: a grid without a local.epochs override is P2
 DATASETS = {"fashion_mnist": "FMNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "pathmnist": "PathMNIST"}
 
