@@ -2,7 +2,7 @@
 
 Both runtimes write one shape (``docs/RESULTS.md``, "results.json"): every evaluated model is a top-level
 object — ``before`` (the querying client's local model), ``after`` (the method), ``control``, each baseline —
-holding :data:`ACCURACIES` and ``per_class`` on the querying client's test view. :func:`load_results` reads it.
+holding :data:`ACCURACIES` and ``per_class_acc`` on the querying client's test view. :func:`load_results` reads it.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ ACCURACIES = ("query_acc", "local_acc", "overall_acc", "mean_acc")
 
 
 def nest_metrics(metrics: dict) -> dict[str, dict]:
-    """Flat ``{"after.query_acc": v, "after.per_class.3": v}`` (a Flower ``MetricRecord``) as evaluation objects."""
+    """Flat ``{"after.query_acc": v, "after.per_class_acc.3": v}`` (a Flower ``MetricRecord``) as evaluation objects."""
     out: dict[str, dict] = {}
     for key, value in metrics.items():
         name, _, rest = key.partition(".")
         if rest in ACCURACIES:
             out.setdefault(name, {})[rest] = value
-        elif rest.startswith("per_class."):
-            out.setdefault(name, {}).setdefault("per_class", {})[rest.removeprefix("per_class.")] = value
+        elif rest.startswith("per_class_acc."):
+            out.setdefault(name, {}).setdefault("per_class_acc", {})[rest.removeprefix("per_class_acc.")] = value
     return out
 
 

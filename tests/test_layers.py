@@ -182,3 +182,20 @@ def test_the_algorithm_imports_no_flower():
         if src.startswith("qkt_flower.qkt") and (target == "flwr" or target.startswith("flwr."))
     ]
     assert not bad, "qkt_flower/qkt/ must not import Flower:\n" + "\n".join(bad)
+
+
+def test_every_module_holds_one_idea_in_at_most_300_lines():
+    """A module that grows past 300 lines has become a switchboard: split it by idea."""
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long
+
+
+def test_scripts_are_thin_and_import_the_package_without_path_edits():
+    """Command lines parse arguments and call the package; tests import it too — no ``sys.path`` edits anywhere."""
+    scripts = sorted((ROOT / "scripts").glob("*.py"))
+    assert scripts
+    long = {p.name: n for p in scripts if (n := len(p.read_text().splitlines())) >= 120}
+    assert not long, long
+    edits = [str(p.relative_to(ROOT)) for p in [*scripts, *(ROOT / "tests").rglob("*.py")]
+             if "sys.path.insert" in p.read_text() or "sys.path.append" in p.read_text()]  # fmt: skip
+    assert edits == [p for p in edits if p.endswith("test_layers.py")], edits

@@ -107,8 +107,13 @@ def payload_bytes(content: RecordDict) -> int:
 
 
 def flat_metrics(prefix: str, report: dict) -> dict[str, float]:
-    """``{prefix.key: value}`` for the scalar entries of an accuracy report (MetricRecord-ready)."""
-    return {f"{prefix}.{k}": float(v) for k, v in report.items() if isinstance(v, int | float)}
+    """``{prefix.key: value}`` of an accuracy report; per-class ones as ``prefix.per_class_acc.<c>``.
+
+    The server turns them back into the report's shape (:func:`qkt_flower.results.nest_metrics`).
+    """
+    flat = {f"{prefix}.{k}": float(v) for k, v in report.items() if isinstance(v, int | float)}
+    flat.update({f"{prefix}.per_class_acc.{c}": float(v) for c, v in report.get("per_class_acc", {}).items()})
+    return flat
 
 
 __all__ = [

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
 from qkt_flower.config import ExperimentConfig
+from qkt_flower.experiments import steps
 from qkt_flower.fl import records as R
 from qkt_flower.fl.checkpoint import Checkpoint
 from qkt_flower.fl.exchange import Exchange
@@ -194,8 +195,8 @@ class QKTStrategy(Exchange):
         The server holds no data: the querying node announces its query classes, label-space size and
         input shape in its training reply.
         """
-        steps = tqdm(total=4, desc="QKT", unit="step", disable=not self.cfg.progress)
-        steps.set_postfix_str("local training")
+        bar = tqdm(total=4, desc="QKT", unit="step", disable=not self.cfg.progress)
+        bar.set_postfix_str("local training")
         node_of = self.node_of = self.train(grid, self.wait_for_nodes(grid))
         self.checkpoint.put("train", {str(k): self.info[k] for k in sorted(node_of)})  # the local models are on disk
         for k in range(self.cfg.partition.num_clients):
@@ -211,15 +212,15 @@ class QKTStrategy(Exchange):
         reference = build_model(self.cfg.model.name, shape, num_classes, seed=0)
         self.expected_shapes = {k: v.shape for k, v in reference.state_dict().items()}
         teachers = {k: n for k, n in node_of.items() if k != query_client}
-        steps.update()
+        bar.update()
         if (saved := self.checkpoint.get("qkt")) is not None:  # probe, experts and query learning were done
-            steps.close()
+            bar.close()
             self.resumed.append("qkt")
             return {**saved, "local_training": self.local_training(), "resumed": self.resumed}
-        steps.set_postfix_str(f"probing {len(teachers)} teachers")
+        bar.set_postfix_str(f"probing {len(teachers)} teachers")
         scores = self.resume_or_probe(grid, teachers, shape, num_classes)
-        steps.update()
-        steps.set_postfix_str("fetching experts")
+        bar.update()
+        bar.set_postfix_str("fetching experts")
         start = time.perf_counter()
         masks, selection = steps.choose_experts(self.cfg, scores, tuple(query_classes))
         self.seconds["mask"] = time.perf_counter() - start
@@ -232,11 +233,11 @@ class QKTStrategy(Exchange):
             arrays.update(self.fetch(grid, [k for k in selection.relevant if k not in arrays], node_of))
         experts = steps.expert_classes(masks, selection)
         arrays = {k: arrays[k] for k in selection.relevant}
-        steps.update()
-        steps.set_postfix_str(f"query learning with {len(arrays)} experts")
+        bar.update()
+        bar.set_postfix_str(f"query learning with {len(arrays)} experts")
         metrics = self.query(grid, node_of[query_client], arrays, experts)
-        steps.update()
-        steps.close()
+        bar.update()
+        bar.close()
         results = {
             "runtime": "flower",
             "method": self.cfg.method.name,
