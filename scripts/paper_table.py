@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from qkt_flower.config import compose_config, to_config
+from qkt_flower.config import compose_config, load_config, to_config
 from qkt_flower.errors import ConfigError, DataNotFoundError
 from qkt_flower.experiments import paper
 from qkt_flower.results import load_results, save_results, write_csv
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(d, q, s) for d in datasets for q in paper.QUERIES for s in args.seeds]
     try:
         ablations = {} if args.no_ablations else paper.ablations(args.preset)
+        for dataset in datasets:  # a bad --extra is refused here, before any run starts
+            for query in paper.QUERIES:
+                load_config(paper.run_overrides(dataset, query, args.seeds[0], out / "cache", args.preset, args.extra))
         out.mkdir(parents=True, exist_ok=True)
         for dataset, query, seed in tqdm(jobs, desc="paper table", unit="run"):
             base = paper.run_overrides(dataset, query, seed, out / "cache", args.preset, args.extra)

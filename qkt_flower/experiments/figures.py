@@ -43,7 +43,7 @@ def per_class(folder: Path, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.4), squeeze=False)
     for ax, run in zip(axes[0], runs, strict=True):
         res = load_results(run)
-        before, after = (res[s].get("per_class_acc") or res[s].get("per_class") for s in ("before", "after"))
+        before, after = res["before"]["per_class_acc"], res["after"]["per_class_acc"]
         classes = sorted(before, key=int)
         x = range(len(classes))
         ax.bar([i - 0.2 for i in x], [100 * (before[c] or 0) for c in classes], 0.4, label="local")

@@ -118,7 +118,7 @@ def markdown(tables: list[dict]) -> str:
     lines = [
         f"Headline numbers from {sources}. Paper's metric: QKT (default) query accuracy − mean of "
         f"{', '.join(BASELINES)} (those present, no fine-tuning); best other in band: the best non-QKT row keeping "
-        "local accuracy within 2 points (margin = QKT − it); best mean(q,l): among QKT (default) and every non-QKT row.",
+        "local accuracy within 2 points (margin = QKT − it); best mean(q,l): QKT (default) and the non-QKT rows.",
         "",
         "| table | QKT query (Δlocal) | paper's metric: gain over FL/KD/ensemble | best other in band (query) "
         "| margin | best mean(q,l) |",

@@ -87,7 +87,7 @@ def accuracy_keeping_shift(
 ) -> float | None:
     """Smallest shift ``b ≥ 0`` whose accuracy stays within ``max_local_drop`` of the original model's.
 
-    Not a default: ``scripts/calibration_frontier.py`` uses it for the rules that spend the accuracy the
+    Not a default: ``qkt_flower.experiments.frontier`` uses it for the rules that spend the accuracy the
     new model gained, and for the test oracle (the smallest shift that keeps the test band).
 
     ``margins``: :func:`query_margins` of the new model on local images; ``right_otherwise``: its best

@@ -61,18 +61,15 @@ def test_bytes_qkt_fetches_less_than_the_baselines(run):
 
 
 def test_paper_table_rows_from_a_real_run(run):
-    import importlib.util
+    from qkt_flower.experiments import paper as paper_table
 
-    spec = importlib.util.spec_from_file_location("paper_table", Path(__file__).parents[2] / "scripts/paper_table.py")
-    paper_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paper_table)
     rows = paper_table.method_rows(run)
     methods = [r["method"] for r in rows]
     assert methods[:2] == ["local model", "QKT"]
     assert {"ensemble (all models)", "vanilla KD (all teachers)", "FedDF fusion", "FedAvg (1 rd)",
             "FedAvg (2 rd) + FT", "FedProx (2 rd)"} <= set(methods)  # fmt: skip
     by = {r["method"]: r for r in rows}
-    assert by["QKT"]["query_acc"] == pytest.approx(100 * run["metrics"]["after.query_acc"])
+    assert by["QKT"]["query_acc"] == pytest.approx(100 * run["after"]["query_acc"])
     assert by["QKT"]["bytes"] < by["FedDF fusion"]["bytes"] < by["FedAvg (2 rd)"]["bytes"]
     table = paper_table.aggregate([{**r, "seed": s} for s in (0, 1) for r in rows], ("method",))
     assert all(t["runs"] == 2 and t["query_acc_std"] == 0.0 for t in table)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import benchmark  # noqa: E402
+from qkt_flower.fl import benchmark
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 
 
 def test_tree_memory_counts_descendants():
@@ -39,3 +39,32 @@ def test_run_measured_reports_failure_and_peak(tmp_path):
     assert run["rc"] != 0 and run["results"] is None
     assert "dataset" in (tmp_path / "bad" / "log.txt").read_text()
     assert 0 < run["wall_s"] <= time.perf_counter() - start
+
+
+def test_probe_share_and_qkt_bytes_by_hand():
+    """Node seconds over node training seconds plus server seconds over the train step's wall time; QKT's steps only."""
+    res = {
+        "probe_cost": {"node_seconds_with_training": 0.5, "server_seconds": 0.2},
+        "local_training": {"client_seconds": 100.0},
+        "seconds": {"train": 20.0},
+        "bytes": {"sent": {"train": 10**6, "probe": 30, "weights": 5, "qkt": 400},
+                  "received": {"train": 10**6, "probe": 7, "weights": 2000, "baselines.weights": 10**5}},
+    }  # fmt: skip
+    assert benchmark.flower_probe_share(res) == pytest.approx(0.5 / 100 + 0.2 / 20)
+    assert benchmark.qkt_bytes(res) == 30 + 5 + 400 + 7 + 2000
+
+
+def test_a_failed_scaling_run_is_a_row_and_the_report_marks_it():
+    run = {"rc": 137, "wall_s": 12.0, "peak_memory_bytes": 3 * 2**30, "cmd": "x", "results": None}
+    row = benchmark.scaling_row(1000, run)
+    assert row == {"clients": 1000, "ok": False, "rc": 137, "wall_s": 12.0, "peak_memory_bytes": 3 * 2**30, "cmd": "x"}
+    text = benchmark.markdown(None, [row], "a machine")
+    line = text.splitlines()[-1]
+    assert line.startswith("| 1000 | **no** (exit 137) | 12 | 3.00 |") and line.count("|") == 11
+
+
+def test_the_script_refuses_bad_counts_in_one_line():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--clients", "0", "--skip-default"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().startswith("error:") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
