@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -141,10 +144,6 @@ def load_config(overrides: list[str] | None = None) -> ExperimentConfig:
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The Hydra-composed ``DictConfig`` for ``overrides``; a bad override is one :class:`ConfigError`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
     try:
         if GlobalHydra.instance().is_initialized():
             return compose("config", overrides=list(overrides or []))
