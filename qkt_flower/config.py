@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qkt_flower.data.datasets import DatasetSpec
@@ -131,10 +131,28 @@ def to_config(cfg: DictConfig | dict) -> ExperimentConfig:
         merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), cfg)
         typed = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(str(key), getattr(err, "value", None), str(err).splitlines()[0]) from None
+        key = _path_of(cfg, getattr(err, "key", None), getattr(err, "value", None)) or getattr(err, "full_key", None)
+        raise ConfigError(str(key or "config"), getattr(err, "value", None), str(err).splitlines()[0]) from None
     validate(typed)  # type: ignore[arg-type]
     return typed  # type: ignore[return-value]
+
+
+def _path_of(tree, key, value, prefix: str = "") -> str | None:
+    """The dotted path of ``key`` holding ``value`` in ``tree`` (OmegaConf names items of a list by key alone)."""
+    items = (
+        tree.items()
+        if isinstance(tree, dict | DictConfig)
+        else enumerate(tree)
+        if isinstance(tree, list | ListConfig)
+        else []
+    )
+    for k, v in items:
+        path = f"{prefix}{k}"
+        if str(k) == str(key) and not isinstance(v, dict | list | DictConfig | ListConfig) and v == value:
+            return path
+        if (found := _path_of(v, key, value, path + ".")) is not None:
+            return found
+    return None
 
 
 def load_config(overrides: list[str] | None = None) -> ExperimentConfig:
@@ -150,7 +168,8 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             return compose("config", overrides=list(overrides or []))
     except HydraException as err:
-        raise ConfigError("overrides", list(overrides or []), str(err).splitlines()[0]) from None
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ is not None else ""
+        raise ConfigError("overrides", list(overrides or []), str(err).splitlines()[0] + cause) from None
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -175,6 +194,14 @@ def validate(cfg: ExperimentConfig) -> None:
     )
     q, p = cfg.query, cfg.partition
     require(0 <= q.client < p.num_clients, "query.client", q.client, f"a client index in [0, {p.num_clients - 1}]")
+    budget_bound = [m for m in cfg.baselines.one_round if m in ("vanilla_kd", "feddf")]
+    require(
+        not budget_bound or cfg.method.whole_network_budget() is not None,
+        "baselines.one_round",
+        budget_bound,
+        f"baselines without them for method {cfg.method.name!r}: they train for the method's "
+        "whole-network budget, and it trains only the head",
+    )
     num_classes = KNOWN_NUM_CLASSES.get(cfg.dataset.name)
     if num_classes is not None:
         check_label_space(q, p, num_classes)

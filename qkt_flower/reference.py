@@ -61,6 +61,7 @@ def run_reference(cfg: ExperimentConfig) -> dict:
     return {
         "runtime": "reference",
         "method": cfg.method.name,
+        "teachers": cfg.method.teachers,
         "seed": cfg.seed,
         "dataset": cfg.dataset.name,
         "partition": cfg.partition.kind,

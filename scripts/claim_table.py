@@ -1,4 +1,4 @@
-"""The issue's claim check across several query grids, one column per (protocol, query size, split).
+"""The claim check (best mean(q,l), local band, query margin) across query grids: a column per (protocol, size, split).
 
     python scripts/claim_table.py P2=outputs/claim_p2 P2=outputs/claim_p2_multi \
         P10=outputs/claim_p10 P10=outputs/claim_p10_multi --out outputs/claim

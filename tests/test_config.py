@@ -76,8 +76,32 @@ def test_every_named_variant_composes():
 
     variants, lists = load_variants()
     assert set(lists["grid"]) <= set(variants) and set(lists["ablations"]) <= set(variants)
-    for overrides in variants.values():
-        load_config(overrides)
+    for name, overrides in variants.items():
+        cfg = load_config(overrides)
+        assert cfg.method.teachers == (not name.startswith("balanced-CE control")), (
+            name
+        )  # a control never sees a teacher
+
+
+def test_a_method_that_cannot_run_is_refused_before_training():
+    """Checks that span groups: baselines that need a whole-network budget, duplicate phase names, a phase with
+    nothing to minimise."""
+    for overrides, key in (
+        (["method=qkt_light", "baselines=all"], "baselines.one_round"),
+        (["method=qkt_two_phase", "method.phases.1.name=phase1"], "method.phases"),
+        (["method=qkt_phase1", "method.terms.ce.weight=0", "method.terms.query.weight=0"], "method.phases.0.terms"),
+        (["method.phases.0.epochs=abc"], "method.phases.0.epochs"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides)
+        assert err.value.key == key, overrides
+    with pytest.raises(ConfigError, match="list index out of range"):
+        load_config(["method.phases.1.epochs=3"])  # the default method has one phase: presets add phases
+
+
+def test_the_control_of_a_head_only_method_trains_the_head_with_ce():
+    control = load_config(["method=qkt_light"]).method.without_teachers()
+    assert [(p.trains, p.terms, p.epochs) for p in control.phases] == [("head", ["ce"], 5)]
 
 
 def test_more_clients_than_samples_refused_before_training():

@@ -26,7 +26,6 @@ LAYERS = {
     "baselines": 1,
     "config": 2,
     "results": 2,
-    "workflow": 2,
     "reference": 2,
     "experiments": 2,
     "fl": 3,

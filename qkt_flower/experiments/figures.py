@@ -112,7 +112,7 @@ def trade_off(grid: dict, out: Path) -> Path | None:
     """Query accuracy against Δlocal per method, one panel per split (QKT vs the control at equal local cost).
 
     QKT variants and controls are joined in order of Δlocal (e.g. calibration budgets); the dashed line is the
-    issue's local band (−2 points).
+    claim's local band (−2 points).
     """
     table = grid["table"]
     parts = list(dict.fromkeys(r["partition"] for r in table))

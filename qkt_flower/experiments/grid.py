@@ -20,9 +20,17 @@ from qkt_flower.experiments import federated, steps
 from qkt_flower.experiments.cache import code_fingerprint, key_of
 from qkt_flower.experiments.pipeline import Experiment, prepare
 from qkt_flower.experiments.tables import ACC
-from qkt_flower.qkt import calibrate, evaluate, learn, transfer
+from qkt_flower.qkt import calibrate, engine, evaluate, learn, terms, transfer
+from qkt_flower.qkt import method as method_spec
+from qkt_flower.qkt import task as query_task
+from qkt_flower.qkt.terms import ce
 
 BASELINE_CODE = (
+    engine,
+    method_spec,
+    query_task,
+    terms,
+    ce,
     averaging,
     distill,
     ensemble,

@@ -1,8 +1,8 @@
 """The one in-process pipeline: a federation, its trained local models and probe answers, then any method on it.
 
 The reference runner (``qkt-reference``), the interference grid and the calibration frontier all start from
-:func:`prepare` and run methods with :meth:`Experiment.learn`: local models are trained (or loaded from
-``local.cache_dir``) once per cell and every variant of a grid reuses them.
+:func:`prepare`: local models are trained (or loaded from ``local.cache_dir``) once per cell, probe answers are
+computed once per probe spec, and every variant of a grid reuses them (:meth:`Experiment.learn` runs one).
 """
 
 from __future__ import annotations

@@ -188,6 +188,20 @@ class QKTStrategy(Exchange):
         self.checkpoint.put("probe", {str(k): v.tolist() for k, v in scores.items()})
         return scores
 
+    def select_and_fetch(self, grid: Grid, scores: dict, query_classes: tuple[int, ...], node_of: dict) -> tuple:
+        """Masks, the experts of the query classes and their weights; an expert that fails is replaced."""
+        start = time.perf_counter()
+        masks, selection = steps.choose_experts(self.cfg, scores, query_classes)
+        self.seconds["mask"] = time.perf_counter() - start
+        arrays = self.fetch(grid, selection.relevant, node_of)
+        for _ in range(len(scores)):  # an expert that failed to send weights: re-select without it
+            if set(selection.relevant) <= set(arrays):
+                break
+            scores = {k: v for k, v in scores.items() if k in arrays or k not in selection.relevant}
+            masks, selection = steps.choose_experts(self.cfg, scores, query_classes)
+            arrays.update(self.fetch(grid, [k for k in selection.relevant if k not in arrays], node_of))
+        return masks, selection, {k: arrays[k] for k in selection.relevant}
+
     # -- the protocol --------------------------------------------------------------------------------
     def run(self, grid: Grid) -> dict:
         """Run QKT over the grid; returns the results dictionary.
@@ -221,18 +235,10 @@ class QKTStrategy(Exchange):
         scores = self.resume_or_probe(grid, teachers, shape, num_classes)
         bar.update()
         bar.set_postfix_str("fetching experts")
-        start = time.perf_counter()
-        masks, selection = steps.choose_experts(self.cfg, scores, tuple(query_classes))
-        self.seconds["mask"] = time.perf_counter() - start
-        arrays = self.fetch(grid, selection.relevant, node_of)
-        for _ in range(len(scores)):  # an expert that failed to send weights: re-select without it
-            if set(selection.relevant) <= set(arrays):
-                break
-            scores = {k: v for k, v in scores.items() if k in arrays or k not in selection.relevant}
-            masks, selection = steps.choose_experts(self.cfg, scores, tuple(query_classes))
-            arrays.update(self.fetch(grid, [k for k in selection.relevant if k not in arrays], node_of))
-        experts = steps.expert_classes(masks, selection)
-        arrays = {k: arrays[k] for k in selection.relevant}
+        masks, arrays, experts, chosen, fallbacks = {}, {}, {}, {}, []
+        if self.cfg.method.teachers:  # a method without teacher terms (the control) fetches no one
+            masks, selection, arrays = self.select_and_fetch(grid, scores, tuple(query_classes), node_of)
+            experts, chosen, fallbacks = steps.expert_classes(masks, selection), selection.experts, selection.fallbacks
         bar.update()
         bar.set_postfix_str(f"query learning with {len(arrays)} experts")
         metrics = self.query(grid, node_of[query_client], arrays, experts)
@@ -241,6 +247,7 @@ class QKTStrategy(Exchange):
         results = {
             "runtime": "flower",
             "method": self.cfg.method.name,
+            "teachers": self.cfg.method.teachers,
             "seed": self.cfg.seed,
             "querying_client": query_client,
             "query_classes": list(query_classes),
@@ -248,8 +255,9 @@ class QKTStrategy(Exchange):
             "input_shape": list(shape),
             "probe": {"scores": {k: v.tolist() for k, v in scores.items()},
                       "masks": {k: torch.nonzero(m).flatten().tolist() for k, m in masks.items()}},
-            "experts": selection.experts,
-            "fallbacks": selection.fallbacks,
+            "experts": chosen,
+            "calibration_shift": (metrics or {}).get("calibration_shift"),
+            "fallbacks": fallbacks,
             "metrics": metrics,
             "local_training": self.local_training(),
             "probe_cost": self.probe_cost(),

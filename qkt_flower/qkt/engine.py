@@ -1,8 +1,8 @@
 """The one training loop and the one evaluation loop.
 
 A training step is injected: ``step(model, batch) -> {loss name: scalar tensor}``. The engine sums
-the named losses, back-propagates, steps the optimiser, and logs per-epoch means. Local training,
-phase 1, phase 2, QKT Light and the baselines all run through :func:`fit`.
+the named losses, back-propagates, steps the optimiser, and logs per-epoch means. Local training, every phase
+of every method (a head-only phase passes the head as the model) and the baselines run through :func:`fit`.
 """
 
 from __future__ import annotations
@@ -79,23 +79,17 @@ def fit(
     step: StepFn,
     optim: OptimSpec,
     epochs: int,
-    params: Iterable[torch.nn.Parameter] | None = None,
     desc: str = "train",
     progress: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` over ``batches`` with losses from ``step``.
-
-    Parameters
-    ----------
-    params
-        What to optimise (default: every parameter). Phase 2 passes only the head.
 
     Returns
     -------
     list of dict
         Per epoch, the mean of each named loss and of their sum (``loss``).
     """
-    optimizer = optim.build(list(params) if params is not None else model.parameters())
+    optimizer = optim.build(model.parameters())
     history = []
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for _ in bar:

@@ -23,7 +23,7 @@ from qkt_flower.qkt.transfer import transfer_set
 
 
 def phase_batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: torch.Tensor | None = None) -> Batches:
-    """Shuffled batches of the transfer set (or of ``inputs`` in its order), class-balanced over Q ∪ local.
+    """Shuffled batches of the transfer set (or of ``inputs`` in its order); ``spec.balanced``: Q ∪ local drawn equally.
 
     Other classes the client holds a few images of are not up-weighted. An epoch draws ``spec.epoch_samples``.
     """

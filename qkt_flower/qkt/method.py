@@ -15,6 +15,8 @@ from qkt_flower.qkt.terms import Terms
 from qkt_flower.qkt.transfer import TransferSpec
 
 TRAINS = ("all", "head")
+RESERVED = ("calibrated", "teacher_logits")
+"""Names a phase may not take: query learning reports the calibration and the teachers' forward passes under them."""
 
 
 @dataclass
@@ -64,8 +66,7 @@ class PhaseSpec:
 class MethodSpec:
     """A named query-learning recipe. ``teachers: false`` drops every teacher term: the class-balanced CE control.
 
-    The control keeps the phases that train the whole network (CE alone on the head after CE on the whole
-    network would be a second fine-tuning step QKT has no counterpart of), the transfer set and the calibration:
+    The control (:meth:`without_teachers`) keeps the recipe's parameters, budget, transfer set and calibration:
     the gap to QKT is the teachers' contribution, by construction.
     """
 
@@ -77,8 +78,27 @@ class MethodSpec:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
 
     def check(self) -> None:
-        """Every part's check, keys prefixed with where they sit (``phases.0.epochs``, ``terms.query.weight``)."""
+        """Every part's check, keys prefixed with where they sit (``phases.0.epochs``, ``terms.query.weight``).
+
+        Phase names must be unique (history and timings are reported by name), and every phase must train with
+        at least one term of non-zero weight (otherwise it has nothing to minimise).
+        """
         require(bool(self.phases), "phases", list(self.phases), "a non-empty list of phases")
+        names = [p.name for p in self.phases]
+        require(
+            len(set(names)) == len(names) and not set(names) & set(RESERVED),
+            "phases",
+            names,
+            f"phases with unique names, none of {list(RESERVED)}",
+        )
+        for i, p in enumerate(self.phases):
+            weighted = [t for t in p.terms if t in Terms.names() and self.terms.get(t).weight > 0]
+            require(
+                bool(weighted) or not p.terms,
+                f"phases.{i}.terms",
+                list(p.terms),
+                "at least one term of non-zero weight (method.terms.<name>.weight)",
+            )
         parts = [(f"phases.{i}", p) for i, p in enumerate(self.phases)]
         for prefix, part in [
             *parts,
@@ -92,14 +112,20 @@ class MethodSpec:
                 raise err.under(prefix) from None
 
     def without_teachers(self) -> MethodSpec:
-        """The class-balanced CE control of this recipe: its whole-network phases with their non-teacher terms."""
+        """The class-balanced CE control of this recipe: its phases with their non-teacher terms only.
+
+        When the recipe trains the whole network, only those phases are kept (CE on the head after CE on the whole
+        network would be a second fine-tuning step with no QKT counterpart); a head-only recipe (QKT Light) keeps
+        its head phases. Phases left with no term of non-zero weight are dropped.
+        """
+        whole = any(p.trains == "all" for p in self.phases)
         phases = [
             replace(p, terms=[t for t in p.terms if not self.terms.get(t).teacher])
             for p in self.phases
-            if p.trains == "all"
+            if p.trains == "all" or not whole
         ]
-        phases = [p for p in phases if p.terms]
-        return replace(self, name=f"{self.name} control", teachers=False, phases=phases)
+        phases = [p for p in phases if any(self.terms.get(t).weight > 0 for t in p.terms)]
+        return replace(self, teachers=False, phases=phases)
 
     def runs(self) -> MethodSpec:
         """The recipe as it trains: itself, or :meth:`without_teachers` when ``teachers`` is off."""
