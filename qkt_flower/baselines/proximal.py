@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qkt_flower.data.augment import batch_augmentation
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import Batch, image_batches
 from qkt_flower.qkt.engine import OptimSpec, fit
@@ -32,11 +33,18 @@ def train_round(
     seed: int,
     mu: float = 0.0,
     device: torch.device | str = "cpu",
+    augment: str = "none",
 ) -> list[dict[str, float]]:
-    """Train ``model`` (holding the global weights) in place for one federated round."""
+    """Train ``model`` (holding the global weights) in place for one federated round (local training's augmentation)."""
     model.to(device)
     global_params = [p.detach().clone() for p in model.parameters()]
+    generator = torch.Generator().manual_seed(seed)
     batches = image_batches(
-        data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), device=device
+        data,
+        batch_size,
+        shuffle=True,
+        generator=generator,
+        device=device,
+        augment=batch_augmentation(augment, seed + 1),
     )
     return fit(model, batches, proximal_step(global_params, mu), optim, epochs)

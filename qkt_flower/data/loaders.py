@@ -79,6 +79,8 @@ class Batches:
         Samples per epoch (``None`` = as many as there are). Fixed, it makes an epoch's length
         independent of how much data the client holds (shuffled: successive permutations, so every
         sample is seen before any is repeated; balanced: that many class-balanced draws).
+    augment
+        Applied to each raw input batch before ``transform`` (e.g. :func:`~qkt_flower.data.augment.crop_flip`).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Batches:
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
         epoch_samples: int | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if inputs.shape[0] != labels.shape[0]:
             raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
@@ -104,7 +107,7 @@ class Batches:
         self.batch_size = batch_size
         self.shuffle, self.balanced = shuffle, balanced
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.transform = transform
+        self.transform, self.augment = transform, augment
         self.device = torch.device(device)
         self._weights = balanced_weights(labels, balance_classes) if balanced and labels.numel() else None
 
@@ -130,6 +133,8 @@ class Batches:
         for start in range(0, order.numel(), self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.inputs[idx]
+            if self.augment is not None:  # on the raw (uint8) batch, before normalising
+                x = self.augment(x)
             if non_blocking:
                 x = x.pin_memory()
             x = x.to(self.device, non_blocking=non_blocking)

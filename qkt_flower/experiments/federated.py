@@ -83,7 +83,15 @@ def federated_round(
     seed = client_seed(cfg.seed, client) + 7_919 * server_round  # a fresh batch order every round
     with precision(cfg, torch.device(device)):
         train_round(
-            model, fed.client_data(client), b.epochs_per_round, cfg.local.batch_size, cfg.local.optim, seed, mu, device
+            model,
+            fed.client_data(client),
+            b.epochs_per_round,
+            cfg.local.batch_size,
+            cfg.local.optim,
+            seed,
+            mu,
+            device,
+            augment=cfg.local.augment,
         )
     return model.eval()
 

@@ -171,8 +171,8 @@ def trained_cells(overrides: list[str], device: torch.device | None = None) -> d
         "balanced-CE control": steps.learn_query(cfg, fed, local, [], exp.device, method=method.without_teachers())[0],
     }  # fmt: skip
     own = steps.query_task(fed).data  # what calibration measures: the client's own images, before the transfer set
-    views = {"calibration": calibration_images(own, s.local_classes, cfg.method.calibration, cfg.seed), "own": own,
-             "test": exp.view}  # fmt: skip
+    jittered = calibration_images(own, s.local_classes, cfg.method.calibration, cfg.seed, cfg.method.transfer.jitter)
+    views = {"calibration": jittered, "own": own, "test": exp.view}
     before = {view: _logits(local, data, exp.device) for view, data in views.items()}  # the local model's, once
 
     def logits(model, view: str) -> Logits:

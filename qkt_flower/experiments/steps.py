@@ -91,6 +91,7 @@ def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.
             device=device,
             progress=cfg.progress,
             desc=f"client {client}",
+            augment=local.augment,
         )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

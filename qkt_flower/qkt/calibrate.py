@@ -107,12 +107,12 @@ def accuracy_keeping_shift(
 
 
 def calibration_images(
-    images: ImageDataset, local_classes: tuple[int, ...], spec: CalibrationSpec, seed: int
+    images: ImageDataset, local_classes: tuple[int, ...], spec: CalibrationSpec, seed: int, jitter: str = "affine"
 ) -> ImageDataset:
     """The images the false-query share is measured on: ``images`` or ``spec.augment`` jittered copies."""
     if spec.augment <= 0:
         return images
-    return augmented_copies(images, tuple(local_classes), spec.augment, seed)
+    return augmented_copies(images, tuple(local_classes), spec.augment, seed, jitter)
 
 
 @torch.no_grad()
@@ -142,6 +142,7 @@ def calibrate(
     spec: CalibrationSpec,
     seed: int,
     device: torch.device | str = "cpu",
+    jitter: str = "affine",
 ) -> float:
     """Apply :func:`calibrate_query_bias` as ``spec`` says, on the client's own images ``own``; returns the shift.
 
@@ -150,5 +151,5 @@ def calibrate(
     """
     if spec.max_false_query is None:
         return 0.0
-    images = calibration_images(own, local_classes, spec, seed)
+    images = calibration_images(own, local_classes, spec, seed, jitter)
     return calibrate_query_bias(model, images, query_classes, local_classes, spec.max_false_query, device)

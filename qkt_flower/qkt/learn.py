@@ -121,7 +121,9 @@ def query_learning(
         if on_phase_end is not None:
             on_phase_end(phase.name, student)
     student.eval()
-    shift = calibrate(student, own, task.query_classes, task.local_classes, method.calibration, seed, device)
+    shift = calibrate(
+        student, own, task.query_classes, task.local_classes, method.calibration, seed, device, method.transfer.jitter
+    )
     if on_phase_end is not None and method.calibration.max_false_query is not None:
         on_phase_end("calibrated", student)
     return student, {"history": history, "seconds": seconds, "calibration_shift": shift}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qkt_flower.data.augment import batch_augmentation
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import image_batches
 from qkt_flower.errors import require
@@ -17,7 +18,9 @@ from qkt_flower.qkt.engine import OptimSpec, cross_entropy_step, fit
 class LocalSpec:
     """Every client's own training (also the baselines' local budget) and where trained models are cached.
 
-    ``cache_dir``: keep trained local models there, keyed by everything that shapes them (``None`` = off).
+    ``augment``: ``none`` or ``crop_flip`` (pad-4 random crop + flip per batch, the CIFAR recipe; set per dataset in
+    ``conf/dataset/``). ``cache_dir``: keep trained local models there, keyed by everything that shapes them
+    (``None`` = off).
     """
 
     epochs: int = 2
@@ -26,6 +29,7 @@ class LocalSpec:
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 0.0
+    augment: str = "none"
     cache_dir: str | None = None
 
     @property
@@ -37,6 +41,7 @@ class LocalSpec:
         """Refuse impossible budgets and optimiser settings."""
         require(self.epochs >= 0, "epochs", self.epochs, "an integer >= 0")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(self.augment in ("none", "crop_flip"), "augment", self.augment, "none or crop_flip")
         self.optim.check()
 
 
@@ -50,9 +55,16 @@ def train_local(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "local",
+    augment: str = "none",
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place on ``data``; the batch order depends only on ``seed``."""
+    """Train ``model`` in place on ``data``; the batch order (and the augmentation) depend only on ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
     batches = image_batches(
-        data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), device=device
+        data,
+        batch_size,
+        shuffle=True,
+        generator=generator,
+        device=device,
+        augment=batch_augmentation(augment, seed + 1),
     )
     return fit(model.to(device), batches, cross_entropy_step, optim, epochs, desc=desc, progress=progress)

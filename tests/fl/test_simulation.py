@@ -238,3 +238,24 @@ def test_the_control_method_fetches_no_teacher_and_agrees_with_the_reference(tmp
     for key in ("query_acc", "local_acc", "overall_acc"):
         assert res["after"][key] == pytest.approx(ref["after"][key], abs=0.03)
     assert set(res["after"]["per_class_acc"]) == set(ref["after"]["per_class_acc"])
+
+
+SUBSET = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-subset"
+
+
+@pytest.mark.skipif(
+    not SUBSET.is_dir(), reason=f"the CIFAR-10 subset is not at {SUBSET} (a development machine's data)"
+)
+def test_simulation_agrees_with_reference_on_colour_images(tmp_path):
+    """The colour recipe (ResNet-10, crop + flip in local training, crop + flip jitter) on real CIFAR-10 images:
+    the same masks and experts and the same local models on both runtimes; QKT's accuracies up to float order."""
+    cfg, yaml = _config([f"dataset.root={SUBSET}", "dataset=cifar10", "dataset.download=false",
+                         "dataset.train_per_class=60", "dataset.test_per_class=20", "strategy.probe.n=32"])  # fmt: skip
+    assert (cfg.model.name, cfg.local.augment) == ("resnet10", "crop_flip")
+    simulate(cfg, yaml, tmp_path)
+    res, ref = load_results(tmp_path), run_reference(cfg)
+    assert {str(k): v for k, v in ref["probe"]["masks"].items()} == res["probe"]["masks"]
+    assert {str(c): v for c, v in ref["experts"].items()} == res["experts"]
+    for key in ("query_acc", "local_acc", "overall_acc"):
+        assert res["before"][key] == pytest.approx(ref["before"][key], abs=1e-6)
+        assert res["after"][key] == pytest.approx(ref["after"][key], abs=0.05)
