@@ -243,6 +243,7 @@ def test_the_control_method_fetches_no_teacher_and_agrees_with_the_reference(tmp
 SUBSET = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-subset"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not SUBSET.is_dir(), reason=f"the CIFAR-10 subset is not at {SUBSET} (a development machine's data)"
 )
