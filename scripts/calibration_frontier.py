@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from qkt_flower.config import load_config
 from qkt_flower.errors import ConfigError, DataNotFoundError
 from qkt_flower.experiments import frontier
-from qkt_flower.experiments.grid import cell_overrides
+from qkt_flower.experiments.grid import add_cell_arguments, cell_overrides
 
 
 def fail(message: str) -> None:
@@ -36,11 +36,7 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--queries", nargs="+", default=["[0]", "[2]", "[4]", "[6]"])
-    parser.add_argument("--extra", nargs="*", default=["dataset.train_per_class=300", "dataset.test_per_class=200"],
-                        help="Hydra overrides for every cell (default: 300 / 200 images per class)")  # fmt: skip
+    add_cell_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("outputs/calibration_frontier"))
     args = parser.parse_args(argv)
     try:

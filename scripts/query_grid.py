@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from qkt_flower.errors import ConfigError, DataNotFoundError
-from qkt_flower.experiments.grid import Baselines, cell_overrides, conf_fingerprint, run_cell
+from qkt_flower.experiments.grid import Baselines, add_cell_arguments, cell_overrides, conf_fingerprint, run_cell
 from qkt_flower.experiments.tables import report
 from qkt_flower.experiments.variants import load_variants, pick
 from qkt_flower.results import write_csv
@@ -31,11 +31,7 @@ from qkt_flower.results import write_csv
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--queries", nargs="+", default=["[0]", "[2]", "[4]", "[6]"])
-    p.add_argument("--extra", nargs="*", default=["dataset.train_per_class=300", "dataset.test_per_class=200"],
-                   help="Hydra overrides for every cell (default: 300 / 200 images per class)")  # fmt: skip
+    add_cell_arguments(p)
     p.add_argument("--variants", nargs="+", metavar="NAME", help="names from conf/variants.yaml (default: its grid)")
     p.add_argument("--no-baselines", action="store_true", help="variants only")
     p.add_argument("--federated", nargs="*", default=["fedavg"], choices=["fedavg", "fedprox"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qkt_flower.data.augment import batch_augmentation
 from qkt_flower.data.datasets import ImageDataset
-from qkt_flower.data.loaders import Batch, image_batches
+from qkt_flower.data.loaders import Batch
 from qkt_flower.qkt.engine import OptimSpec, fit
+from qkt_flower.qkt.local import local_batches
 
 
 def proximal_step(global_params: list[torch.Tensor], mu: float):
@@ -38,13 +38,5 @@ def train_round(
     """Train ``model`` (holding the global weights) in place for one federated round (local training's augmentation)."""
     model.to(device)
     global_params = [p.detach().clone() for p in model.parameters()]
-    generator = torch.Generator().manual_seed(seed)
-    batches = image_batches(
-        data,
-        batch_size,
-        shuffle=True,
-        generator=generator,
-        device=device,
-        augment=batch_augmentation(augment, seed + 1),
-    )
+    batches = local_batches(data, batch_size, seed, device, augment)
     return fit(model, batches, proximal_step(global_params, mu), optim, epochs)

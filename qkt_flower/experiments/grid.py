@@ -137,6 +137,15 @@ def run_cell(
     return rows
 
 
+def add_cell_arguments(parser) -> None:
+    """The cells' arguments of a grid command line — splits, seeds, queries, overrides for every cell."""
+    parser.add_argument("--partitions", nargs="+", default=["pathological", "dirichlet"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--queries", nargs="+", default=["[0]", "[2]", "[4]", "[6]"])
+    parser.add_argument("--extra", nargs="*", default=["dataset.train_per_class=300", "dataset.test_per_class=200"],
+                        help="Hydra overrides for every cell (default: 300 / 200 images per class)")  # fmt: skip
+
+
 def cell_overrides(part: str, seed: int, query: str, cache: Path, extra: list[str]) -> list[str]:
     """One cell's Hydra overrides; local models cached under ``cache``."""
     return [

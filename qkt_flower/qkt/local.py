@@ -45,6 +45,15 @@ class LocalSpec:
         self.optim.check()
 
 
+def local_batches(data: ImageDataset, batch_size: int, seed: int, device, augment: str = "none"):
+    """A client's shuffled batches of its own data, augmented as ``augment`` says: order and augmentation from ``seed``.
+
+    Step 0 and every federated client round train on these, so FedAvg / FedProx clients see the local recipe.
+    """
+    return image_batches(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), device=device,
+                         augment=batch_augmentation(augment, seed + 1))  # fmt: skip
+
+
 def train_local(
     model: nn.Module,
     data: ImageDataset,
@@ -58,13 +67,5 @@ def train_local(
     augment: str = "none",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``data``; the batch order (and the augmentation) depend only on ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = image_batches(
-        data,
-        batch_size,
-        shuffle=True,
-        generator=generator,
-        device=device,
-        augment=batch_augmentation(augment, seed + 1),
-    )
+    batches = local_batches(data, batch_size, seed, device, augment)
     return fit(model.to(device), batches, cross_entropy_step, optim, epochs, desc=desc, progress=progress)
