@@ -83,17 +83,26 @@ def test_local_model_cache_is_reused_and_follows_the_code(tmp_path, monkeypatch)
     cfg = load_config([*SMALL, "dataset.train_per_class=100", "local.epochs=1", f"local.cache_dir={tmp_path}"])
     fed = build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     n = len(fed.scenario.partitions[1])
-    assert steps.samples_to_train(cfg, 1, n) == n
+    assert steps.samples_to_train(cfg, fed, 1) == n
     trained = steps.train_client(cfg, fed, 1, "cpu")
-    assert steps.local_cache_file(cfg, 1).is_file() and steps.samples_to_train(cfg, 1, n) == 0
+    assert steps.local_cache_file(cfg, fed, 1).is_file() and steps.samples_to_train(cfg, fed, 1) == 0
     loaded = steps.train_client(cfg, fed, 1, "cpu")
     pairs = zip(trained.state_dict().values(), loaded.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
+    # another query class: a client whose images it leaves alone keeps its cached model, the querying client not
+    other = load_config([*SMALL, "dataset.train_per_class=100", "local.epochs=1", f"local.cache_dir={tmp_path}",
+                         "query.classes=[9]"])  # fmt: skip
+    other_fed = build_federation(other.dataset, other.partition, other.query, other.seed, other.partition_cache)
+    same = [k for k in range(1, fed.num_clients) if torch.equal(fed.scenario.partitions[k],
+                                                                  other_fed.scenario.partitions[k])]  # fmt: skip
+    assert 1 in same and steps.samples_to_train(other, other_fed, 1) == 0
+    assert all(steps.client_model_key(other, other_fed, k) == steps.client_model_key(cfg, fed, k) for k in same)
+    assert steps.client_model_key(other, other_fed, 0) != steps.client_model_key(cfg, fed, 0)
     # other training code, other key: a model cached by another version of the code is never loaded
-    key, code = steps.local_model_key(cfg), steps.local_training_code()
+    key, code = steps.client_model_key(cfg, fed, 1), steps.local_training_code()
     monkeypatch.setattr(steps, "local_training_code", lambda: (*code, steps.answer_probe))
-    assert steps.local_model_key(cfg) != key
-    assert not steps.local_cache_file(cfg, 1).is_file() and steps.samples_to_train(cfg, 1, n) == n
+    assert steps.client_model_key(cfg, fed, 1) != key
+    assert not steps.local_cache_file(cfg, fed, 1).is_file() and steps.samples_to_train(cfg, fed, 1) == n
 
 
 def test_cli_writes_results_and_resolved_config(tmp_path):

@@ -7,6 +7,7 @@ runtimes agree.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,7 +76,7 @@ def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.
     """
     data = fed.client_data(client)
     model = build_model(cfg.model.name, data.input_shape, data.num_classes, client_seed(cfg.seed, client))
-    cache = local_cache_file(cfg, client)
+    cache = local_cache_file(cfg, fed, client)
     if cache is not None and cache.is_file():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
         return model.to(device).eval()
@@ -154,17 +155,32 @@ def local_model_key(cfg) -> str:
     )
 
 
-def local_cache_file(cfg, client: int) -> Path | None:
+def client_model_key(cfg, fed: Federation, client: int) -> str:
+    """Hash of what shapes one client's trained model: its own images (indices), model, step 0, seed, code.
+
+    Keyed by the client's partition rather than the whole federation: another query class leaves the models of
+    the clients it does not touch cached (a grid over queries retrains only the querying client and the donors
+    of its shots).
+    """
+    local = {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
+    indices = hashlib.sha256(fed.scenario.partitions[client].numpy().tobytes()).hexdigest()
+    return key_of(
+        [asdict(cfg.dataset), asdict(cfg.model), local, cfg.seed, client, indices,
+         code_fingerprint(*local_training_code())]
+    )  # fmt: skip
+
+
+def local_cache_file(cfg, fed: Federation, client: int) -> Path | None:
     """Where client ``client``'s trained model is cached (``None`` when ``local.cache_dir`` is off)."""
     if not cfg.local.cache_dir:
         return None
-    return Path(cfg.local.cache_dir).expanduser() / local_model_key(cfg) / f"client_{client}.pt"
+    return Path(cfg.local.cache_dir).expanduser() / client_model_key(cfg, fed, client) / "model.pt"
 
 
-def samples_to_train(cfg, client: int, n: int) -> int:
-    """Samples step 0 will push through for a client with ``n`` examples (0 if its model is cached)."""
-    cache = local_cache_file(cfg, client)
-    return 0 if cache is not None and cache.is_file() else cfg.local.epochs * n
+def samples_to_train(cfg, fed: Federation, client: int) -> int:
+    """Samples step 0 will push through for ``client`` (0 if its model is cached)."""
+    cache = local_cache_file(cfg, fed, client)
+    return 0 if cache is not None and cache.is_file() else cfg.local.epochs * len(fed.scenario.partitions[client])
 
 
 def answer_probe(cfg, model: nn.Module, input_shape: tuple[int, ...], device) -> torch.Tensor:

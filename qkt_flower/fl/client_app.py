@@ -91,7 +91,7 @@ def train(msg: Message, context: Context) -> Message:
     fed = federation(cfg)
     k = partition_id(context)
     n = len(fed.scenario.partitions[k])
-    samples, start = steps.samples_to_train(cfg, k, n), time.perf_counter()
+    samples, start = steps.samples_to_train(cfg, fed, k), time.perf_counter()
     model = steps.train_client(cfg, fed, k, steps.resolve_device(cfg.device))
     seconds = time.perf_counter() - start
     records = {}
