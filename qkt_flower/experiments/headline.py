@@ -47,14 +47,15 @@ def load_grids(path: str | Path) -> list[tuple[str, dict]]:
 def table_name(grid: dict, partition: str) -> str:
     """E.g. "FMNIST P2 1-class pathological": the dataset, local epochs and query size come from the grid itself.
 
-    The epochs and dataset are read from the ``--extra`` overrides in ``argv`` (absent = the defaults); the query
+    The epochs and dataset are read from the ``--extra`` overrides in ``argv`` (absent = the defaults) unless the grid
+    carries its own ``label`` (e.g. "CIFAR-10 subset P20", whose epochs come from its dataset preset); the query
     size is the largest query of that split's cells, as ``scripts/claim_table.py`` labels its columns.
     """
     argv = grid.get("argv") or []
     epochs = next((a.split("=", 1)[1] for a in argv if a.startswith("local.epochs=")), DEFAULT_EPOCHS)
     dataset = next((a.split("=", 1)[1] for a in argv if a.startswith("dataset=")), "fashion_mnist")
     size = max(len(json.loads(r["query"])) for r in grid["rows"] if r["partition"] == partition)
-    return f"{DATASETS.get(dataset, dataset)} P{epochs} {size}-class {partition}"
+    return f"{grid.get('label') or f'{DATASETS.get(dataset, dataset)} P{epochs}'} {size}-class {partition}"
 
 
 def headline(rows: list[dict], name: str, source: str) -> dict | None:

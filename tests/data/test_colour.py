@@ -52,10 +52,11 @@ def test_crop_flip_copies_of_the_asked_classes():
 
 def test_cifar_presets_select_the_colour_recipe_and_the_command_line_still_wins():
     cfg = load_config(["dataset=cifar10"])
-    assert (cfg.model.name, cfg.local.augment, cfg.method.transfer.jitter) == ("resnet10", "crop_flip", "crop_flip")
-    assert load_config(["dataset=cifar100"]).model.name == "resnet10"
-    mine = load_config(["dataset=cifar10", "model=cnn", "local.epochs=1", "local.augment=none"])
-    assert (mine.model.name, mine.local.epochs, mine.local.augment) == ("cnn", 1, "none")
+    assert (cfg.model.name, cfg.local.epochs, cfg.local.augment, cfg.method.transfer.jitter) == (
+        "cnn", 20, "crop_flip", "crop_flip")  # fmt: skip
+    assert load_config(["dataset=cifar100"]).local.augment == "crop_flip"
+    mine = load_config(["dataset=cifar10", "model=resnet10", "local.epochs=1", "local.augment=none"])
+    assert (mine.model.name, mine.local.epochs, mine.local.augment) == ("resnet10", 1, "none")
     grey = load_config([])  # Fashion-MNIST keeps its recipe
     assert (grey.model.name, grey.local.augment, grey.method.transfer.jitter) == ("cnn", "none", "affine")
 

@@ -75,6 +75,9 @@ def test_single_grid_file_and_default_epochs(tmp_path):
     path = tmp_path / "single.json"
     path.write_text(json.dumps(grid))
     assert [t["table"] for t in build([path])] == ["FMNIST P2 1-class pathological", "FMNIST P2 1-class dirichlet"]
+    grid["label"] = "CIFAR-10 subset P20"  # a grid that names itself: its epochs come from its dataset preset
+    path.write_text(json.dumps(grid))
+    assert build([path])[0]["table"] == "CIFAR-10 subset P20 1-class pathological"
 
 
 def _run(*args, cwd):
