@@ -1,6 +1,6 @@
 """The paper's headline metric and the in-band margin, one row per table of the committed query grids.
 
-    python scripts/headline.py [--grid results/query_grid_claim.json ...] [--out results]
+    python scripts/headline.py [--grid results/query_grid_claim.json results/cifar10_subset_grid.json] [--out results]
 
 Writes ``headline.json`` (the list of tables) and ``headline.md`` (the Markdown, also printed) into ``--out``.
 A missing or malformed grid file is one ``error:`` line on stderr and exit code 2.
@@ -18,7 +18,7 @@ from qkt_flower.experiments.headline import build, markdown
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grid", nargs="+", default=["results/query_grid_claim.json"], help="query grid JSON files")
+    parser.add_argument("--grid", nargs="+", default=["results/query_grid_claim.json", "results/cifar10_subset_grid.json"], help="query grid JSON files")
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for headline.json / headline.md")
     args = parser.parse_args(argv)
     try:

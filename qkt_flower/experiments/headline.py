@@ -112,8 +112,8 @@ def _num(x: float | None, sign: bool = True) -> str:
 def markdown(tables: list[dict]) -> str:
     """The headline tables as Markdown: a caption with the sources and definitions, one row per table.
 
-    A last line averages the paper's metric per query size next to the paper's own 20.91 / 14.32, the number a
-    reader of the paper compares first.
+    A last line averages the paper's metric per dataset and query size next to the paper's own 20.91 / 14.32,
+    the number a reader of the paper compares first.
     """
     sources = ", ".join(f"`{s}`" for s in dict.fromkeys(t["source"] for t in tables))
     lines = [
@@ -130,12 +130,22 @@ def markdown(tables: list[dict]) -> str:
         cells = [t["table"], f"{_num(t['qkt_query'], False)} ({_num(t['local_delta'])})"]
         cells += [_num(t["paper_metric_gain"]), other, _num(t["margin"]), t["best_mean_method"]]
         lines.append("| " + " | ".join(cells) + " |")
-    means = []
-    for label, paper, multi in (("single-class", 20.91, False), ("multi-class", 14.32, True)):
-        sizes = [(int(re.search(r" (\d+)-class ", t["table"])[1]), t["paper_metric_gain"]) for t in tables]
-        gains = [g for n, g in sizes if (n > 1) == multi and g is not None]
-        if gains:
-            means.append(f"{label} {_num(statistics.fmean(gains))} over {len(gains)} tables (paper +{paper})")
-    if means:
-        lines += ["", "Mean paper's metric: " + "; ".join(means) + "."]
+    per_dataset = []
+    for dataset in dict.fromkeys(_dataset(t["table"]) for t in tables):
+        means = []
+        for label, paper, multi in (("single-class", 20.91, False), ("multi-class", 14.32, True)):
+            sizes = [(int(re.search(r" (\d+)-class ", t["table"])[1]), t["paper_metric_gain"])
+                     for t in tables if _dataset(t["table"]) == dataset]  # fmt: skip
+            gains = [g for n, g in sizes if (n > 1) == multi and g is not None]
+            if gains:
+                means.append(f"{label} {_num(statistics.fmean(gains))} over {len(gains)} tables (paper +{paper})")
+        if means:
+            per_dataset.append(f"{dataset}: " + "; ".join(means))
+    if per_dataset:
+        lines += ["", "Mean paper's metric, " + "; ".join(per_dataset) + "."]
     return "\n".join(lines)
+
+
+def _dataset(table: str) -> str:
+    """The dataset part of a table name: "CIFAR-10 subset" of "CIFAR-10 subset P20 1-class pathological"."""
+    return re.split(r" P\d+ ", table, maxsplit=1)[0]

@@ -3,6 +3,8 @@ files written here in the dataset's exact on-disk format (the full archives cann
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from test_sources import write_cifar10, write_cifar100, write_image_folder, write_pathmnist
@@ -52,7 +54,8 @@ def test_paper_preset_runs_end_to_end_on_written_files(preset, tmp_path):
     r = run_reference(cfg)
     assert r["dataset"] == PRESETS[preset]
     for row in ("before", "after", "control", "ensemble", "vanilla_kd", "feddf"):  # the reference runs these
-        assert 0.0 <= r[row]["query_acc"] <= 1.0, row
+        assert 0.0 <= r[row]["local_acc"] <= 1.0, row  # query_acc is NaN when the few test images miss Q
+        assert math.isnan(r[row]["query_acc"]) or 0.0 <= r[row]["query_acc"] <= 1.0, row
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (3, 28, 28)])

@@ -247,12 +247,14 @@ SUBSET = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar
 @pytest.mark.skipif(
     not SUBSET.is_dir(), reason=f"the CIFAR-10 subset is not at {SUBSET} (a development machine's data)"
 )
-def test_simulation_agrees_with_reference_on_colour_images(tmp_path):
-    """The colour recipe (ResNet-10, crop + flip in local training, crop + flip jitter) on real CIFAR-10 images:
-    the same masks and experts and the same local models on both runtimes; QKT's accuracies up to float order."""
-    cfg, yaml = _config([f"dataset.root={SUBSET}", "dataset=cifar10", "dataset.download=false",
+@pytest.mark.parametrize("model", ["cnn", "resnet10"])
+def test_simulation_agrees_with_reference_on_colour_images(tmp_path, model):
+    """The colour recipe (crop + flip in local training, crop + flip jitter) on real CIFAR-10 images, with the
+    preset's small CNN and with ResNet-10: the same masks and experts and the same local models on both runtimes;
+    QKT's accuracies up to float order."""
+    cfg, yaml = _config([f"dataset.root={SUBSET}", "dataset=cifar10", "dataset.download=false", f"model={model}",
                          "dataset.train_per_class=60", "dataset.test_per_class=20", "strategy.probe.n=32"])  # fmt: skip
-    assert (cfg.model.name, cfg.local.augment) == ("resnet10", "crop_flip")
+    assert (cfg.model.name, cfg.local.augment, cfg.method.transfer.jitter) == (model, "crop_flip", "crop_flip")
     simulate(cfg, yaml, tmp_path)
     res, ref = load_results(tmp_path), run_reference(cfg)
     assert {str(k): v for k, v in ref["probe"]["masks"].items()} == res["probe"]["masks"]
