@@ -18,7 +18,8 @@ from qkt_flower.experiments.headline import build, markdown
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grid", nargs="+", default=["results/query_grid_claim.json", "results/cifar10_subset_grid.json"], help="query grid JSON files")
+    grids = ["results/query_grid_claim.json", "results/cifar10_subset_grid.json"]
+    parser.add_argument("--grid", nargs="+", default=grids, help="query grid JSON files")
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for headline.json / headline.md")
     args = parser.parse_args(argv)
     try:
