@@ -132,10 +132,10 @@ def markdown(tables: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     per_dataset = []
     for dataset in dict.fromkeys(_dataset(t["table"]) for t in tables):
+        sizes = [(int(re.search(r" (\d+)-class ", t["table"])[1]), t["paper_metric_gain"])
+                 for t in tables if _dataset(t["table"]) == dataset]  # fmt: skip
         means = []
         for label, paper, multi in (("single-class", 20.91, False), ("multi-class", 14.32, True)):
-            sizes = [(int(re.search(r" (\d+)-class ", t["table"])[1]), t["paper_metric_gain"])
-                     for t in tables if _dataset(t["table"]) == dataset]  # fmt: skip
             gains = [g for n, g in sizes if (n > 1) == multi and g is not None]
             if gains:
                 means.append(f"{label} {_num(statistics.fmean(gains))} over {len(gains)} tables (paper +{paper})")

@@ -139,16 +139,20 @@ def local_training_code() -> tuple:
     )
 
 
+def step0_recipe(cfg) -> dict:
+    """The ``local`` options that shape a trained model (all but where it is cached)."""
+    return {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
+
+
 def local_model_key(cfg) -> str:
     """Hash of everything that determines the local models (data, partition, query cut, model, step 0, seed, code)."""
-    local = {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
     return key_of(
         [
             asdict(cfg.dataset),
             asdict(cfg.partition),
             asdict(cfg.query),
             asdict(cfg.model),
-            local,
+            step0_recipe(cfg),
             cfg.seed,
             code_fingerprint(*local_training_code()),
         ]
@@ -162,10 +166,9 @@ def client_model_key(cfg, fed: Federation, client: int) -> str:
     the clients it does not touch cached (a grid over queries retrains only the querying client and the donors
     of its shots).
     """
-    local = {k: v for k, v in asdict(cfg.local).items() if k != "cache_dir"}
     indices = hashlib.sha256(fed.scenario.partitions[client].numpy().tobytes()).hexdigest()
     return key_of(
-        [asdict(cfg.dataset), asdict(cfg.model), local, cfg.seed, client, indices,
+        [asdict(cfg.dataset), asdict(cfg.model), step0_recipe(cfg), cfg.seed, client, indices,
          code_fingerprint(*local_training_code())]
     )  # fmt: skip
 
