@@ -192,6 +192,12 @@ def validate(cfg: ExperimentConfig) -> None:
         cfg.resume,
         "false unless checkpoint_dir is set (that is where the finished steps are)",
     )
+    require(
+        cfg.method.student != "merge" or cfg.local.shared_init,
+        "method.student",
+        cfg.method.student,
+        "copy or compose unless local.shared_init=true (a weight merge needs models that started from one init)",
+    )
     q, p = cfg.query, cfg.partition
     require(0 <= q.client < p.num_clients, "query.client", q.client, f"a client index in [0, {p.num_clients - 1}]")
     budget_bound = [m for m in cfg.baselines.one_round if m in ("vanilla_kd", "feddf")]

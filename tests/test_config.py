@@ -77,7 +77,8 @@ def test_every_named_variant_composes():
     variants, lists = load_variants()
     assert set(lists["grid"]) <= set(variants) and set(lists["ablations"]) <= set(variants)
     for name, overrides in variants.items():
-        cfg = load_config(overrides)
+        merge = "method=qkt_merge" in overrides  # a merge needs shared-init local models: the grid's --extra
+        cfg = load_config([*overrides, "local.shared_init=true"] if merge else overrides)
         assert cfg.method.teachers == (not name.startswith("balanced-CE control")), (
             name
         )  # a control never sees a teacher

@@ -68,6 +68,12 @@ def client_seed(seed: int, client: int) -> int:
     return seed * 100_003 + client
 
 
+def init_seed(cfg, client: int) -> int:
+    """Seed of client ``client``'s initial weights: the run's seed (the federated baselines' start) when
+    ``local.shared_init``, else its own."""
+    return cfg.seed if cfg.local.shared_init else client_seed(cfg.seed, client)
+
+
 def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.Module:
     """Step 0 for one client: build its model from its seed and train it on its partition.
 
@@ -75,7 +81,7 @@ def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.
     (sweeps over QKT settings then cost only the query phases).
     """
     data = fed.client_data(client)
-    model = build_model(cfg.model.name, data.input_shape, data.num_classes, client_seed(cfg.seed, client))
+    model = build_model(cfg.model.name, data.input_shape, data.num_classes, init_seed(cfg, client))
     cache = local_cache_file(cfg, fed, client)
     if cache is not None and cache.is_file():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
@@ -135,6 +141,7 @@ def local_training_code() -> tuple:
         engine,
         local,
         client_seed,
+        init_seed,
         train_client,
     )
 

@@ -1,12 +1,11 @@
 """Query learning on the querying client: the one loop every method runs (see :mod:`qkt_flower.qkt.method`).
 
-Transfer set → for each phase: prepare its terms, train what it trains on class-balanced batches → calibrate
-the query bias. The control is the same call with ``method.without_teachers()``.
+Transfer set → the student (a copy of the client's model, or composed / merged with its experts) → for each
+phase: prepare its terms, train what it trains on class-balanced batches → calibrate the query bias. The control is the same call with ``method.without_teachers()``.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 
@@ -16,9 +15,11 @@ from torch import nn
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.loaders import INFERENCE_BATCH, Batch, Batches, image_batches
 from qkt_flower.qkt.calibrate import calibrate
+from qkt_flower.qkt.compose import initial_student
 from qkt_flower.qkt.engine import StepFn, fit
 from qkt_flower.qkt.method import MethodSpec, PhaseSpec
 from qkt_flower.qkt.task import Expert, QueryTask, Teachers
+from qkt_flower.qkt.terms import Outputs
 from qkt_flower.qkt.transfer import transfer_set
 
 
@@ -47,19 +48,34 @@ def features(model: nn.Module, data: ImageDataset, device) -> torch.Tensor:
     return torch.cat([model.features(b.x).float() for b in image_batches(data, INFERENCE_BATCH, device=device)])
 
 
-def loss_step(method: MethodSpec, phase: PhaseSpec, task: QueryTask, teachers: Teachers) -> StepFn:
-    """The training step of ``phase``: ``{term: weight · loss}`` for each listed term of non-zero weight."""
+class Trainable(nn.Module):
+    """What one phase optimises: the student (or its head) and the parameters its terms learn with it."""
+
+    def __init__(self, model: nn.Module, extras: list[nn.Module]) -> None:
+        super().__init__()
+        self.model, self.extras = model, nn.ModuleList(extras)
+
+
+def loss_step(method: MethodSpec, phase: PhaseSpec, task: QueryTask, teachers: Teachers) -> tuple[StepFn, list]:
+    """The training step of ``phase`` (``{term: weight · loss}`` for each listed term of non-zero weight) and the
+    modules its terms learn (``L_feature``'s projections).
+
+    In a head-only phase the batches hold the frozen extractor's features, so they are the step's ``features``.
+    """
     parts = [
         (name, term.weight, term.prepare(task, teachers))
         for name in phase.terms
         if (term := method.terms.get(name)).weight > 0
     ]
+    head_only = phase.trains == "head"
 
-    def step(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = model(batch.x)
-        return {name: weight * loss(logits, batch) for name, weight, loss in parts}
+    def step(trainable: Trainable, batch: Batch) -> dict[str, torch.Tensor]:
+        model = trainable.model
+        feats = batch.x if head_only else model.features(batch.x)
+        out = Outputs(model(feats) if head_only else model.head(feats), feats)
+        return {name: weight * loss(out, batch) for name, weight, loss in parts}
 
-    return step
+    return step, [loss for _, _, loss in parts if isinstance(loss, nn.Module)]
 
 
 def run_phase(
@@ -73,19 +89,14 @@ def run_phase(
     progress: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``student`` in place for one phase; returns the engine's per-epoch losses."""
-    step = loss_step(method, phase, task, teachers)
+    step, extras = loss_step(method, phase, task, teachers)
     if phase.trains == "head":
         batches = phase_batches(task, phase, seed, device, inputs=features(student, task.data, device))
-        return fit(student.head, batches, step, phase.optim, phase.epochs, desc=phase.name, progress=progress)
-    return fit(
-        student,
-        phase_batches(task, phase, seed, device),
-        step,
-        phase.optim,
-        phase.epochs,
-        desc=phase.name,
-        progress=progress,
-    )
+        trainable = Trainable(student.head, extras)
+    else:
+        batches = phase_batches(task, phase, seed, device)
+        trainable = Trainable(student, extras)
+    return fit(trainable, batches, step, phase.optim, phase.epochs, desc=phase.name, progress=progress)
 
 
 def query_learning(
@@ -113,7 +124,8 @@ def query_learning(
         start = time.perf_counter()
         _ = teachers.logits, teachers.original_logits
         seconds["teacher_logits"] = time.perf_counter() - start
-    student = copy.deepcopy(local_model).to(device)
+    student = initial_student(local_model, [e.model for e in teachers.experts], method.student, method.merge_weight)
+    student = student.to(device)
     for i, phase in enumerate(method.phases):
         start = time.perf_counter()
         history[phase.name] = run_phase(student, method, phase, task, teachers, seed + i, device, progress)

@@ -19,7 +19,8 @@ class LocalSpec:
     """Every client's own training (also the baselines' local budget) and where trained models are cached.
 
     ``augment``: ``none`` or ``crop_flip`` (pad-4 random crop + flip per batch, the CIFAR recipe; set per dataset in
-    ``conf/dataset/``). ``cache_dir``: keep trained local models there, keyed by everything that shapes them
+    ``conf/dataset/``). ``shared_init``: every client starts from the one model the federated baselines start from
+    (FL practice; what a weight merge needs), instead of a model initialised from its own seed. ``cache_dir``: keep trained local models there, keyed by everything that shapes them
     (``None`` = off).
     """
 
@@ -30,6 +31,7 @@ class LocalSpec:
     momentum: float = 0.9
     weight_decay: float = 0.0
     augment: str = "none"
+    shared_init: bool = False
     cache_dir: str | None = None
 
     @property

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from qkt_flower.errors import ConfigError, require
 from qkt_flower.qkt.calibrate import CalibrationSpec
+from qkt_flower.qkt.compose import STUDENTS
 from qkt_flower.qkt.engine import OptimSpec
 from qkt_flower.qkt.terms import Terms
 from qkt_flower.qkt.transfer import TransferSpec
@@ -66,12 +67,18 @@ class PhaseSpec:
 class MethodSpec:
     """A named query-learning recipe. ``teachers: false`` drops every teacher term: the class-balanced CE control.
 
+    ``student``: where the student starts (:mod:`qkt_flower.qkt.compose`): ``copy`` of the client's model,
+    ``compose`` (its experts' frozen extractors beside its own, head-only phases) or ``merge`` (its extractor moved
+    ``merge_weight`` of the way to its experts' mean).
+
     The control (:meth:`without_teachers`) keeps the recipe's parameters, budget, transfer set and calibration:
     the gap to QKT is the teachers' contribution, by construction.
     """
 
     name: str = "qkt"
     teachers: bool = True
+    student: str = "copy"
+    merge_weight: float = 0.5
     phases: list[PhaseSpec] = field(default_factory=lambda: [PhaseSpec()])
     terms: Terms = field(default_factory=Terms)
     transfer: TransferSpec = field(default_factory=TransferSpec)
@@ -99,6 +106,23 @@ class MethodSpec:
                 list(p.terms),
                 "at least one term of non-zero weight (method.terms.<name>.weight)",
             )
+        require(self.student in STUDENTS, "student", self.student, f"one of {list(STUDENTS)}")
+        require(0 <= self.merge_weight <= 1, "merge_weight", self.merge_weight, "a float in [0, 1]")
+        if self.student == "compose":
+            require(
+                all(p.trains == "head" for p in self.phases),
+                "student",
+                self.student,
+                "copy or merge when a phase trains the whole network (composed extractors stay frozen: "
+                "give every phase trains: head)",
+            )
+        for i, p in enumerate(self.phases):
+            require(
+                p.trains == "all" or "feature" not in p.terms or self.terms.feature.weight == 0,
+                f"phases.{i}.terms",
+                list(p.terms),
+                "no feature term in a head-only phase (the features it would match are frozen)",
+            )
         parts = [(f"phases.{i}", p) for i, p in enumerate(self.phases)]
         for prefix, part in [
             *parts,
@@ -125,7 +149,7 @@ class MethodSpec:
             if p.trains == "all" or not whole
         ]
         phases = [p for p in phases if any(self.terms.get(t).weight > 0 for t in p.terms)]
-        return replace(self, teachers=False, phases=phases)
+        return replace(self, teachers=False, student="copy", phases=phases)
 
     def runs(self) -> MethodSpec:
         """The recipe as it trains: itself, or :meth:`without_teachers` when ``teachers`` is off."""

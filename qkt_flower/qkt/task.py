@@ -64,6 +64,19 @@ def cached_logits(
     return torch.stack(out)
 
 
+@torch.inference_mode()
+def cached_features(
+    models: list[nn.Module], data: ImageDataset, device: torch.device | str, batch_size: int = INFERENCE_BATCH
+) -> list[torch.Tensor]:
+    """Features ``(N, D_k)`` of each model over ``data`` (eval mode, in data order); dimensions may differ."""
+    batches = image_batches(data, batch_size, device=device)
+    out = []
+    for model in models:
+        model.to(device).eval()
+        out.append(torch.cat([model.features(b.x).float() for b in batches]))
+    return out
+
+
 class Teachers:
     """The experts and the querying client's original model, with their logits over the transfer set.
 
@@ -77,6 +90,16 @@ class Teachers:
     def logits(self) -> torch.Tensor:
         """``(K, N, C)``: every expert's logits over the transfer set."""
         return cached_logits([e.model for e in self.experts], self.data, self.device)
+
+    @cached_property
+    def features(self) -> list[torch.Tensor]:
+        """Every expert's features over the transfer set (``L_feature``), ``(N, D_k)`` each."""
+        return cached_features([e.model for e in self.experts], self.data, self.device)
+
+    @property
+    def student_dim(self) -> int:
+        """Width of the querying client's features (its model's linear head's input)."""
+        return self.original.head.in_features
 
     @cached_property
     def original_logits(self) -> torch.Tensor:

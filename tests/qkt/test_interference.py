@@ -18,7 +18,7 @@ from qkt_flower.qkt.calibrate import (
 from qkt_flower.qkt.learn import query_learning
 from qkt_flower.qkt.method import MethodSpec, PhaseSpec
 from qkt_flower.qkt.task import Expert, QueryTask, Teachers
-from qkt_flower.qkt.terms import QueryDistillation
+from qkt_flower.qkt.terms import Outputs, QueryDistillation
 
 
 def test_query_margins_and_shift_by_hand():
@@ -112,9 +112,9 @@ def test_consistent_query_distillation_drops_a_teachers_wrong_answers_by_hand():
     teachers.__dict__["logits"] = logits  # the cached logits, given by hand
     from qkt_flower.qkt.losses import collapsed_kd
 
-    student = torch.zeros(4, 3)
+    student = Outputs(torch.zeros(4, 3), torch.zeros(4, 2))
     batch = Batch(torch.zeros(4), labels, torch.arange(4))
-    per_sample = collapsed_kd(student, logits[0], torch.tensor([2]), 2.0)
+    per_sample = collapsed_kd(student.logits, logits[0], torch.tensor([2]), 2.0)
     # sample 0: known, right -> in; 1: label 1 unknown (gate) -> out; 2: known, wrong ("query") -> out; 3: in
     expected = float((per_sample[0] + per_sample[3]) / 2)
     assert float(QueryDistillation().prepare(task, teachers)(student, batch)) == pytest.approx(expected, rel=1e-5)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from qkt_flower.errors import ConfigError
-from qkt_flower.qkt.terms.base import LossFn, Term
+from qkt_flower.qkt.terms.base import LossFn, Outputs, Term
 from qkt_flower.qkt.terms.ce import CrossEntropy
+from qkt_flower.qkt.terms.feature import FeatureDistillation
 from qkt_flower.qkt.terms.keep import KeepDistillation
 from qkt_flower.qkt.terms.query import QueryDistillation
 
@@ -22,6 +23,7 @@ class Terms:
     ce: CrossEntropy = field(default_factory=CrossEntropy)
     query: QueryDistillation = field(default_factory=QueryDistillation)
     keep: KeepDistillation = field(default_factory=KeepDistillation)
+    feature: FeatureDistillation = field(default_factory=FeatureDistillation)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -41,4 +43,13 @@ class Terms:
                 raise err.under(name) from None
 
 
-__all__ = ["CrossEntropy", "KeepDistillation", "LossFn", "QueryDistillation", "Term", "Terms"]
+__all__ = [
+    "CrossEntropy",
+    "FeatureDistillation",
+    "KeepDistillation",
+    "LossFn",
+    "Outputs",
+    "QueryDistillation",
+    "Term",
+    "Terms",
+]

@@ -25,4 +25,4 @@ class CrossEntropy:
 
     def prepare(self, task: QueryTask, teachers: Teachers) -> LossFn:
         """CE needs nothing but the batch."""
-        return lambda logits, batch: F.cross_entropy(logits, batch.y)
+        return lambda out, batch: F.cross_entropy(out.logits, batch.y)

@@ -15,7 +15,7 @@ import torch
 from qkt_flower.errors import require
 from qkt_flower.qkt.losses import collapsed_kd, weighted_mean
 from qkt_flower.qkt.task import QueryTask, Teachers
-from qkt_flower.qkt.terms.base import LossFn
+from qkt_flower.qkt.terms.base import LossFn, Outputs
 
 
 @dataclass
@@ -38,8 +38,8 @@ class KeepDistillation:
         keep = torch.tensor(task.local_classes, dtype=torch.long, device=logits.device)
         query = torch.tensor(task.query_classes, dtype=torch.long, device=logits.device)
 
-        def loss(student_logits: torch.Tensor, batch) -> torch.Tensor:
-            kd = collapsed_kd(student_logits, logits[batch.idx], keep, self.temperature, self.standardize)
+        def loss(out: Outputs, batch) -> torch.Tensor:
+            kd = collapsed_kd(out.logits, logits[batch.idx], keep, self.temperature, self.standardize)
             return weighted_mean(kd, (~torch.isin(batch.y, query)).float())
 
         return loss

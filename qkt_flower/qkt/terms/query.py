@@ -20,7 +20,7 @@ from qkt_flower.errors import require
 from qkt_flower.qkt.losses import collapsed_kd, weighted_mean
 from qkt_flower.qkt.mask import known_class_gates
 from qkt_flower.qkt.task import QueryTask, Teachers
-from qkt_flower.qkt.terms.base import LossFn
+from qkt_flower.qkt.terms.base import LossFn, Outputs
 
 STRENGTH_LIMIT = 80.0
 """``weight·τ²`` at which the prototype predicted the query class for everything: refused."""
@@ -59,18 +59,18 @@ class QueryDistillation:
         keeps = [torch.tensor(e.query_classes, dtype=torch.long, device=device) for e in experts]
         right = logits.argmax(dim=-1) == task.data.labels.to(device).unsqueeze(0) if self.consistent else None
 
-        def loss(student_logits: torch.Tensor, batch) -> torch.Tensor:
+        def loss(out: Outputs, batch) -> torch.Tensor:
             values, weights = [], []
             for k, keep in enumerate(keeps):
                 values.append(
-                    collapsed_kd(student_logits, logits[k, batch.idx], keep, self.temperature, self.standardize)
+                    collapsed_kd(out.logits, logits[k, batch.idx], keep, self.temperature, self.standardize)
                 )
                 weight = gates[k, batch.y].float()
                 if right is not None:
                     weight = weight * right[k, batch.idx].float()
                 weights.append(weight)
             if not values:
-                return student_logits.sum() * 0.0
+                return out.logits.sum() * 0.0
             return weighted_mean(torch.cat(values), torch.cat(weights))
 
         return loss
