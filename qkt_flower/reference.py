@@ -21,6 +21,7 @@ from qkt_flower.errors import ConfigError, DataNotFoundError
 from qkt_flower.experiments import steps
 from qkt_flower.experiments.federated import one_round_baseline
 from qkt_flower.experiments.pipeline import prepare
+from qkt_flower.qkt.compose import inference_cost
 from qkt_flower.qkt.mask import mask_quality
 from qkt_flower.results import ACCURACIES, save_results
 
@@ -91,6 +92,7 @@ def run_reference(cfg: ExperimentConfig) -> dict:
             "expert_weights": len(selection.relevant if selection else []) * model_bytes,
             "all_teacher_weights": len(exp.teachers) * model_bytes,
         },
+        "inference_cost": inference_cost(student, exp.models[scen.client], tuple(fed.train.input_shape)),
         "seconds": seconds,
     }
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qkt_flower.config import load_config
+from qkt_flower.config import CONF_DIR, load_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError
 
@@ -65,9 +65,9 @@ def test_the_default_method_is_the_specs_own_defaults():
     assert cfg.strategy.probe == type(cfg.strategy.probe)(seed=cfg.seed)
 
 
-@pytest.mark.parametrize("preset", ["qkt", "qkt_paper", "qkt_two_phase", "qkt_phase1", "qkt_light", "control"])
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")))
 def test_every_method_preset_composes_and_validates(preset):
-    cfg = load_config([f"method={preset}"])
+    cfg = load_config([f"method={preset}", *(["local.shared_init=true"] if preset == "qkt_merge" else [])])
     assert cfg.method.name == preset and cfg.method.phases
 
 

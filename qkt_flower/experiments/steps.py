@@ -69,8 +69,10 @@ def client_seed(seed: int, client: int) -> int:
 
 
 def init_seed(cfg, client: int) -> int:
-    """Seed of client ``client``'s initial weights: the run's seed (the federated baselines' start) when
-    ``local.shared_init``, else its own."""
+    """Seed of client ``client``'s initial weights.
+
+    The run's seed (the federated baselines' start) when ``local.shared_init``, else the client's own.
+    """
     return cfg.seed if cfg.local.shared_init else client_seed(cfg.seed, client)
 
 

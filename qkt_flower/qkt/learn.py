@@ -1,7 +1,8 @@
 """Query learning on the querying client: the one loop every method runs (see :mod:`qkt_flower.qkt.method`).
 
 Transfer set → the student (a copy of the client's model, or composed / merged with its experts) → for each
-phase: prepare its terms, train what it trains on class-balanced batches → calibrate the query bias. The control is the same call with ``method.without_teachers()``.
+phase: prepare its terms, train what it trains on class-balanced batches → calibrate the query bias. The control
+is the same call with ``method.without_teachers()``.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class Trainable(nn.Module):
 
 
 def loss_step(method: MethodSpec, phase: PhaseSpec, task: QueryTask, teachers: Teachers) -> tuple[StepFn, list]:
-    """The training step of ``phase`` (``{term: weight · loss}`` for each listed term of non-zero weight) and the
-    modules its terms learn (``L_feature``'s projections).
+    """The training step of ``phase`` and the modules its terms learn (``L_feature``'s projections).
 
+    The step returns ``{term: weight · loss}`` for each listed term of non-zero weight.
     In a head-only phase the batches hold the frozen extractor's features, so they are the step's ``features``.
     """
     parts = [

@@ -20,8 +20,8 @@ class LocalSpec:
 
     ``augment``: ``none`` or ``crop_flip`` (pad-4 random crop + flip per batch, the CIFAR recipe; set per dataset in
     ``conf/dataset/``). ``shared_init``: every client starts from the one model the federated baselines start from
-    (FL practice; what a weight merge needs), instead of a model initialised from its own seed. ``cache_dir``: keep trained local models there, keyed by everything that shapes them
-    (``None`` = off).
+    (FL practice; what a weight merge needs), instead of a model initialised from its own seed. ``cache_dir``: keep
+    trained local models there, keyed by everything that shapes them (``None`` = off).
     """
 
     epochs: int = 2

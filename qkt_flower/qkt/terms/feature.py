@@ -40,8 +40,9 @@ class FeatureLoss(nn.Module):
             self.projections.to(targets[0].device)
 
     def forward(self, out: Outputs, batch) -> torch.Tensor:
+        """Gated mean over (expert, sample) of the squared distance between normalised features."""
         values, weights = [], []
-        for k, (target, projection) in enumerate(zip(self.targets, self.projections)):
+        for k, (target, projection) in enumerate(zip(self.targets, self.projections, strict=True)):
             mine = F.normalize(projection(out.features.float()), dim=-1)
             values.append((mine - target[batch.idx]).pow(2).sum(dim=-1))
             weights.append(self.gates[k, batch.y].float())
@@ -52,7 +53,7 @@ class FeatureLoss(nn.Module):
 
 @dataclass
 class FeatureDistillation:
-    """Options of ``L_feature``: weight and gate (``weight`` 0 = off, the default of every preset but ``qkt_feature``)."""
+    """Options of ``L_feature``: weight and gate (``weight`` 0 = off: every preset but ``qkt_feature``)."""
 
     teacher: ClassVar[bool] = True
     weight: float = 0.0

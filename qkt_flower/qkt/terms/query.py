@@ -62,9 +62,7 @@ class QueryDistillation:
         def loss(out: Outputs, batch) -> torch.Tensor:
             values, weights = [], []
             for k, keep in enumerate(keeps):
-                values.append(
-                    collapsed_kd(out.logits, logits[k, batch.idx], keep, self.temperature, self.standardize)
-                )
+                values.append(collapsed_kd(out.logits, logits[k, batch.idx], keep, self.temperature, self.standardize))
                 weight = gates[k, batch.y].float()
                 if right is not None:
                     weight = weight * right[k, batch.idx].float()
