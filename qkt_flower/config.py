@@ -193,9 +193,9 @@ def validate(cfg: ExperimentConfig) -> None:
         "false unless checkpoint_dir is set (that is where the finished steps are)",
     )
     require(
-        cfg.method.student != "merge" or cfg.local.shared_init,
-        "method.student",
-        cfg.method.student,
+        cfg.method.student.kind != "merge" or cfg.local.shared_init,
+        "method.student.kind",
+        cfg.method.student.kind,
         "copy or compose unless local.shared_init=true (a weight merge needs models that started from one init)",
     )
     q, p = cfg.query, cfg.partition

@@ -34,6 +34,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     add_cell_arguments(p)
     p.add_argument("--variants", nargs="+", metavar="NAME", help="names from conf/variants.yaml (default: its grid)")
     p.add_argument("--no-baselines", action="store_true", help="variants only")
+    p.add_argument("--oracle", action="store_true", help="add the pooled-data oracle row (a reference, not a method)")
     p.add_argument("--federated", nargs="*", default=["fedavg"], choices=["fedavg", "fedprox"])
     p.add_argument("--rounds", type=int, default=10, help="the federated baselines' converged budget")
     p.add_argument("--check", nargs="+", default=["QKT (default)"], metavar="NAME", help="rows held to the claim")
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     partial.write_text("")
     for done, (part, seed, query) in enumerate(tqdm(cells, desc="query grid", unit="cell"), 1):
         try:
-            cell = run_cell(cell_overrides(part, seed, query, args.out / "cache", args.extra), variants, baselines)
+            overrides = cell_overrides(part, seed, query, args.out / "cache", args.extra)
+            cell = run_cell(overrides, variants, baselines, oracle=args.oracle)
         except ConfigError as err:  # e.g. a query class nobody else holds under this seed: skip the cell
             skipped.append({"partition": part, "seed": seed, "query": query, "why": str(err)})
             continue

@@ -16,7 +16,7 @@ import torch
 
 from qkt_flower.baselines import averaging, distill, ensemble, proximal
 from qkt_flower.config import CONF_DIR, load_config
-from qkt_flower.experiments import federated, steps
+from qkt_flower.experiments import federated, headroom, steps
 from qkt_flower.experiments.cache import code_fingerprint, key_of
 from qkt_flower.experiments.pipeline import Experiment, prepare
 from qkt_flower.experiments.tables import ACC
@@ -118,9 +118,12 @@ def baseline_rows(exp: Experiment, row, b: Baselines) -> list[dict]:
 
 
 def run_cell(
-    overrides: list[str], variants: dict[str, list[str]], baselines: Baselines | None, device=None
+    overrides: list[str], variants: dict[str, list[str]], baselines: Baselines | None, device=None, oracle=False
 ) -> list[dict]:
-    """Every variant (and the baselines) on one (split, seed, query) cell; rows in percent."""
+    """Every variant and the baselines on one (split, seed, query) cell; rows in percent.
+
+    ``oracle``: add the pooled-data oracle row (:mod:`~qkt_flower.experiments.headroom`).
+    """
     exp = prepare(load_config(overrides), device)
 
     def row(method: str, model) -> dict:
@@ -132,6 +135,8 @@ def run_cell(
         rows.append(row(name, exp.learn(load_config([*overrides, *extra]))[0]))
     if baselines is not None:
         rows += baseline_rows(exp, row, baselines)
+    if oracle:
+        rows.append(row(headroom.ORACLE, headroom.oracle_model(exp.cfg, exp.fed, exp.models[exp.client], exp.device)))
     for r in rows:
         r["local_delta"] = r["local_acc"] - rows[0]["local_acc"]
     return rows

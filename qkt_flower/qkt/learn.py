@@ -125,7 +125,7 @@ def query_learning(
         start = time.perf_counter()
         _ = teachers.logits, teachers.original_logits
         seconds["teacher_logits"] = time.perf_counter() - start
-    student = initial_student(local_model, [e.model for e in teachers.experts], method.student, method.merge_weight)
+    student = initial_student(local_model, teachers.experts, method.student)
     student = student.to(device)
     for i, phase in enumerate(method.phases):
         start = time.perf_counter()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from qkt_flower.errors import ConfigError, require
 from qkt_flower.qkt.calibrate import CalibrationSpec
-from qkt_flower.qkt.compose import STUDENTS
+from qkt_flower.qkt.compose import StudentSpec
 from qkt_flower.qkt.engine import OptimSpec
 from qkt_flower.qkt.terms import Terms
 from qkt_flower.qkt.transfer import TransferSpec
@@ -67,8 +67,8 @@ class PhaseSpec:
 class MethodSpec:
     """A named query-learning recipe. ``teachers: false`` drops every teacher term: the class-balanced CE control.
 
-    ``student``: where the student starts (:mod:`qkt_flower.qkt.compose`): ``copy`` of the client's model,
-    ``compose`` (its experts' frozen extractors beside its own, head-only phases) or ``merge`` (its extractor moved
+    ``student``: where the student starts (:mod:`qkt_flower.qkt.compose`): a ``copy`` of the client's model,
+    ``compose`` (its experts' frozen extractors beside its own; head-only phases) or ``merge`` (its extractor moved
     ``merge_weight`` of the way to its experts' mean).
 
     The control (:meth:`without_teachers`) keeps the recipe's parameters, budget, transfer set and calibration:
@@ -77,8 +77,7 @@ class MethodSpec:
 
     name: str = "qkt"
     teachers: bool = True
-    student: str = "copy"
-    merge_weight: float = 0.5
+    student: StudentSpec = field(default_factory=StudentSpec)
     phases: list[PhaseSpec] = field(default_factory=lambda: [PhaseSpec()])
     terms: Terms = field(default_factory=Terms)
     transfer: TransferSpec = field(default_factory=TransferSpec)
@@ -106,13 +105,11 @@ class MethodSpec:
                 list(p.terms),
                 "at least one term of non-zero weight (method.terms.<name>.weight)",
             )
-        require(self.student in STUDENTS, "student", self.student, f"one of {list(STUDENTS)}")
-        require(0 <= self.merge_weight <= 1, "merge_weight", self.merge_weight, "a float in [0, 1]")
-        if self.student == "compose":
+        if self.student.kind == "compose":
             require(
                 all(p.trains == "head" for p in self.phases),
-                "student",
-                self.student,
+                "student.kind",
+                self.student.kind,
                 "copy or merge when a phase trains the whole network (composed extractors stay frozen: "
                 "give every phase trains: head)",
             )
@@ -126,6 +123,7 @@ class MethodSpec:
         parts = [(f"phases.{i}", p) for i, p in enumerate(self.phases)]
         for prefix, part in [
             *parts,
+            ("student", self.student),
             ("terms", self.terms),
             ("transfer", self.transfer),
             ("calibration", self.calibration),
@@ -149,7 +147,7 @@ class MethodSpec:
             if p.trains == "all" or not whole
         ]
         phases = [p for p in phases if any(self.terms.get(t).weight > 0 for t in p.terms)]
-        return replace(self, teachers=False, student="copy", phases=phases)
+        return replace(self, teachers=False, student=StudentSpec(), phases=phases)
 
     def runs(self) -> MethodSpec:
         """The recipe as it trains: itself, or :meth:`without_teachers` when ``teachers`` is off."""

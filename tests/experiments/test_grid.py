@@ -2,7 +2,8 @@
 
 The images are random PNGs written in the exact ``root/{train,test}/<class>/*.png`` layout (accuracies are
 meaningless here); what is checked is that the grid's defaults run on 3-channel data with the ResNet, that
-every method gives a row, that the claim check is printed, and that the baselines are cached per cell.
+every method kind gives a row (a composed student and feature distillation on the ResNet included, and the
+pooled-data oracle), that the claim check is printed, and that the baselines are cached per cell.
 """
 
 import json
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from qkt_flower.experiments.grid import CONF_DIR, conf_fingerprint
+from qkt_flower.experiments.headroom import ORACLE
 from qkt_flower.experiments.tables import ACC, claim_conditions
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -42,18 +44,18 @@ def _image_folder(root: Path, train: int, test: int) -> None:
 
 def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path):
     _image_folder(tmp_path / "data", train=30, test=4)
-    variants = ["QKT (default)", "QKT, no augmentation", "QKT, no calibration",
-                "balanced-CE control"]  # fmt: skip
+    variants = ["QKT (default)", "QKT, no augmentation", "QKT, no calibration", "QKT, expert composition",
+                "QKT, feature distillation", "balanced-CE control"]  # fmt: skip
     extra = ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16", "model=resnet10",
              "local.epochs=1", "method.phases.0.epochs=2", "query.min_local_count=5",
              "strategy.probe.n=32"]  # fmt: skip
-    argv = ["--partitions", "pathological", "--seeds", "0", "--queries", "[0]", "--rounds", "2",
+    argv = ["--partitions", "pathological", "--seeds", "0", "--queries", "[0]", "--rounds", "2", "--oracle",
             "--variants", *variants, "--out", str(tmp_path / "grid"), "--extra", *extra]  # fmt: skip
     printed = script("query_grid", *argv)
     result = json.loads((tmp_path / "grid" / "grid.json").read_text())
     methods = [r["method"] for r in result["table"]]
     expected = ["local model", *variants, "ensemble (all models)", "vanilla KD", "FedDF fusion", "FedAvg (1 rd)",
-                "FedAvg (1 rd) + FT", "FedAvg (2 rd)", "FedAvg (2 rd) + FT"]  # fmt: skip
+                "FedAvg (1 rd) + FT", "FedAvg (2 rd)", "FedAvg (2 rd) + FT", ORACLE]  # fmt: skip
     assert methods == expected and not result["skipped"]
     for row in result["rows"]:
         assert all(0.0 <= row[k] <= 100.0 for k in ACC)
@@ -70,7 +72,7 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path):
     again = json.loads((tmp_path / "grid" / "grid.json").read_text())
     first = {r["method"]: r for r in result["rows"]}
     for row in again["rows"]:
-        if row["method"] in expected[len(variants) + 1 :]:
+        if row["method"] in expected[len(variants) + 1 : -1]:
             assert row == first[row["method"]]
 
     # the trade-off figure is drawn from the grid's own grid.json

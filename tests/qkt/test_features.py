@@ -11,7 +11,7 @@ from qkt_flower.experiments import steps
 from qkt_flower.experiments.federated import initial_global_model
 from qkt_flower.models import build_model
 from qkt_flower.models.cnn import SmallCNN
-from qkt_flower.qkt.compose import Composed, inference_cost, merged, parameter_count
+from qkt_flower.qkt.compose import Composed, StudentSpec, inference_cost, merged, parameter_count
 from qkt_flower.qkt.learn import loss_step, query_learning
 from qkt_flower.qkt.method import MethodSpec, PhaseSpec
 from qkt_flower.qkt.task import Expert, QueryTask, Teachers
@@ -32,7 +32,7 @@ def _data(n: int = 30) -> ImageDataset:
 def test_a_composed_student_starts_as_the_clients_model_and_trains_only_its_head():
     own, experts = _cnn(0), [_cnn(1), _cnn(2)]
     x = torch.randn(5, 1, 28, 28)
-    composed = Composed(own, experts)
+    composed = Composed(own, [Expert(e, (2,), (0, 2)) for e in experts])
     torch.testing.assert_close(composed(x), own(x))  # zeros on the experts' features: the client's predictions
     assert composed.features(x).shape == (5, 3 * own.head.in_features)
     trainable = [n for n, p in composed.named_parameters() if p.requires_grad]
@@ -104,7 +104,7 @@ def test_query_learning_with_a_composed_student_leaves_the_local_model_alone():
     local, expert = _cnn(0), _cnn(1)
     state = {k: v.clone() for k, v in local.state_dict().items()}
     method = MethodSpec(
-        student="compose", phases=[PhaseSpec(name="compose", trains="head", epochs=2, epoch_samples=30)]
+        student=StudentSpec("compose"), phases=[PhaseSpec(name="compose", trains="head", epochs=2, epoch_samples=30)]
     )
     method.transfer.augment_shots = method.transfer.augment_local = 0
     task = QueryTask(data, (2,), (0, 1))
@@ -119,14 +119,18 @@ def test_query_learning_with_a_composed_student_leaves_the_local_model_alone():
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        (["method=qkt_merge"], "method.student"),  # a merge without shared-init models
-        (["method=qkt_compose", "method.phases.0.trains=all"], "method.student"),
+        (["method=qkt_merge"], "method.student.kind"),  # a merge without shared-init models
+        (["method=qkt_compose", "method.phases.0.trains=all"], "method.student.kind"),
         (
             ["method=qkt_light", "method.terms.feature.weight=1", "method.phases.0.terms=[ce,feature]"],
             "method.phases.0.terms",
         ),
-        (["method=qkt_merge", "local.shared_init=true", "method.merge_weight=1.5"], "method.merge_weight"),
-        (["method.student=average"], "method.student"),
+        (
+            ["method=qkt_merge", "local.shared_init=true", "method.student.merge_weight=1.5"],
+            "method.student.merge_weight",
+        ),
+        (["method.student.kind=average"], "method.student.kind"),
+        (["method.student.query_rows=random"], "method.student.query_rows"),
     ],
 )
 def test_feature_transfer_settings_that_cannot_run_are_refused(overrides, key):
@@ -145,4 +149,41 @@ def test_shared_init_starts_every_client_from_the_federated_baselines_model():
     apart = build_model(own.model.name, (1, 28, 28), 10, steps.init_seed(own, 3)).state_dict()
     assert not torch.equal(apart["body.0.weight"], start["body.0.weight"])
     assert steps.local_model_key(cfg) != steps.local_model_key(own)  # cached models never mix
-    assert load_config(["local.shared_init=true", "method=qkt_merge"]).method.student == "merge"
+    assert load_config(["local.shared_init=true", "method=qkt_merge"]).method.student.kind == "merge"
+
+
+def test_query_rows_from_the_experts_predict_the_query_class_as_the_experts_do():
+    own, a, b = _cnn(0), _cnn(1), _cnn(2)
+    x = torch.randn(5, 1, 28, 28)
+    composed = Composed(own, [Expert(a, (2,), (1, 2)), Expert(b, (2,), (2,))], query_rows="experts")
+    with torch.no_grad():
+        logits = composed(x)
+        torch.testing.assert_close(logits[:, 2], (a(x)[:, 2] + b(x)[:, 2]) / 2)  # the experts' own decision
+        torch.testing.assert_close(logits[:, :2], own(x)[:, :2])  # local classes: the client's model
+
+
+def test_the_pooled_data_oracle_sees_every_query_image_of_the_federation_and_is_never_a_competitor():
+    from qkt_flower.data.federation import build_federation
+    from qkt_flower.experiments.headroom import ORACLE, oracle_model, pooled_task
+    from qkt_flower.experiments.tables import claim_conditions
+
+    cfg = load_config(["dataset.train_per_class=60", "dataset.test_per_class=10", "local.epochs=0", "progress=false",
+                       "method.phases.0.epochs=1", "method.calibration.max_false_query=null"])  # fmt: skip
+    fed = build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
+    s, labels = fed.scenario, fed.train.labels
+    task = pooled_task(fed)
+    query = torch.tensor(s.query_classes)
+    everywhere = sum(int(torch.isin(labels[p], query).sum()) for p in s.partitions)
+    assert int(torch.isin(task.data.labels, query).sum()) == everywhere > cfg.query.shots
+    assert len(task.data) == len(s.partitions[s.client]) + everywhere - int(
+        torch.isin(labels[s.partitions[s.client]], query).sum()
+    )
+    local = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, 0)
+    assert isinstance(oracle_model(cfg, fed, local, "cpu"), SmallCNN)
+    row = {"query_acc": 90.0, "local_acc": 90.0, "mean_acc": 90.0, "local_delta": 0.0}
+    table = [
+        {**row, "method": "QKT (default)", "query_acc": 50.0, "mean_acc": 70.0},
+        {**row, "method": ORACLE},
+        {**row, "method": "balanced-CE control", "query_acc": 40.0, "mean_acc": 65.0},
+    ]
+    assert "balanced-CE control" in claim_conditions(table, 20.0)[2][2]  # the oracle is a reference, not "best other"
