@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from qkt_flower.experiments.tables import claim_conditions, margin_for
+from qkt_flower.experiments.tables import best_in_band, claim_conditions, competitors, margin_for
 
 SPLITS = {"pathological": "path.", "dirichlet": "Dir.", "iid": "IID"}
 CONDITIONS = ("best mean(q,l)", "local within 2", "query margin")
@@ -63,4 +63,32 @@ def claim_table(cols: dict[str, Column], qkt: str) -> tuple[str, dict]:
     passed = {name: None if c is None else [ok for ok, _, _ in c] for name, c in checks.items()}
     data = {"columns": {name: {"margin": margin, "rows": rows} for name, (rows, margin) in cols.items()},
             "passed": passed}  # fmt: skip
+    return re.sub(r"(?<![\w-])-(?=\d)", "−", "\n".join(lines)), data
+
+
+def margin_table(cols: dict[str, Column], names: list[str]) -> tuple[str, dict]:
+    """Per method and column: query margin over the best in-band competitor, and Δlocal.
+
+    A cell reads "margin (Δlocal)" and carries ✓ when all three conditions hold there (margin ≥ the column's
+    goal, Δlocal ≥ −2, best mean(q,l) of all competitors). The first line names each column's best in-band
+    competitor and the goal. Empty where a column has no such row.
+    """
+    lines = ["| margin over best in-band (Δlocal) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    best = {name: best_in_band(rows) for name, (rows, _) in cols.items()}
+    lines.append("| *best in-band competitor (goal)* | " + " | ".join(
+        f"{b['method']} {b['query_acc']:.1f} (+{cols[n][1]:g})" for n, b in best.items()) + " |")  # fmt: skip
+    data: dict[str, dict] = {}
+    for m in names:
+        cells, data[m] = [], {}
+        for col, (rows, goal) in cols.items():
+            r = next((r for r in rows if r["method"] == m), None)
+            if r is None:
+                cells.append("")
+                continue
+            gap = r["query_acc"] - best[col]["query_acc"]
+            top = max(c["mean_acc"] for c in competitors(rows))
+            ok = gap >= goal and r["local_delta"] >= -2.0 and r["mean_acc"] >= top
+            data[m][col] = {"margin": gap, "local_delta": r["local_delta"], "all_three": ok}
+            cells.append(f"{gap:+.1f} ({r['local_delta']:+.1f}){' ✓' if ok else ''}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return re.sub(r"(?<![\w-])-(?=\d)", "−", "\n".join(lines)), data

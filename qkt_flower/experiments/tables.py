@@ -42,6 +42,16 @@ def markdown(table: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
+def competitors(table: list[dict]) -> list[dict]:
+    """The rows a QKT row is held against: every method not named "QKT…" and not a reference ("oracle…")."""
+    return [r for r in table if not r["method"].startswith(("QKT", "oracle"))]
+
+
+def best_in_band(table: list[dict]) -> dict:
+    """The competitor with the highest query accuracy among those keeping local accuracy within 2 points."""
+    return max((r for r in competitors(table) if r["local_delta"] >= -2.0), key=lambda r: r["query_acc"])
+
+
 def claim_conditions(table: list[dict], margin: float, qkt: str = "QKT (default)") -> list[Condition] | None:
     """The claim's three conditions for ``qkt`` against every non-QKT row: ``[(passed, condition, detail), ...]``.
 
@@ -54,10 +64,8 @@ def claim_conditions(table: list[dict], margin: float, qkt: str = "QKT (default)
     ours = next((r for r in table if r["method"] == qkt), None)
     if ours is None:
         return None
-    others = [r for r in table if not r["method"].startswith(("QKT", "oracle"))]  # an oracle is a reference
-    best_mean = max(others, key=lambda r: r["mean_acc"])
-    kept = [r for r in others if r["local_delta"] >= -2.0]
-    best_kept = max(kept, key=lambda r: r["query_acc"])
+    best_mean = max(competitors(table), key=lambda r: r["mean_acc"])
+    best_kept = best_in_band(table)
     gap = ours["query_acc"] - best_kept["query_acc"]
     return [
         (

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qkt_flower.experiments.claims import claim_table, columns
+from qkt_flower.experiments.claims import claim_table, columns, margin_table
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "claim_table.py"
 
@@ -44,6 +44,12 @@ def test_one_column_per_grid_split_with_the_papers_margin(tmp_path):
     assert "| QKT (default) | 60.0 (−1.0) | 60.0 (−3.0) |" in text
     assert text.count("PASS") == 5 and text.count("FAIL") == 1
     assert claim_table(cols, "QKT Light")[1]["passed"] == {"P2 1-cl path.": None, "P2 3-cl path.": None}
+    text, margins = margin_table(cols, ["QKT (default)", "QKT Light"])
+    assert margins["QKT (default)"]["P2 1-cl path."] == {"margin": 25.0, "local_delta": -1.0, "all_three": True}
+    assert margins["QKT (default)"]["P2 3-cl path."]["all_three"] is False  # margin 25 but local −3
+    assert margins["QKT Light"] == {} and "| QKT Light |  |  |" in text
+    assert "| *best in-band competitor (goal)* | vanilla KD 35.0 (+20) | vanilla KD 35.0 (+14) |" in text
+    assert "| QKT (default) | +25.0 (−1.0) ✓ | +25.0 (−3.0) |" in text
 
 
 def test_the_script_refuses_bad_input_in_one_line(tmp_path):
