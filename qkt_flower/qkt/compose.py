@@ -6,7 +6,8 @@
   training it predicts exactly what the client's model does. ``query_rows: experts`` starts each query class's
   row from the experts' own head rows for it instead (averaged over the experts of that class, zeros on the
   client's features): the decision the experts learnt from all their images of the class, not from five shots.
-  Inference costs the client's model plus every expert's extractor (:func:`inference_cost`).
+  Inference costs the client's model plus every expert's extractor (:func:`inference_cost`); ``distil`` then
+  distils the composed model back into a model of the client's size (``MethodSpec.distilled``).
 - ``merge`` — the client's extractor moved towards its experts': every floating-point tensor but the head's
   becomes ``(1 − w)·own + w·mean(experts)``. Only meaningful when every client started from one initial model
   (``local.shared_init``): separately initialised networks do not line up unit by unit.
@@ -34,12 +35,14 @@ class StudentSpec:
     kind: str = "copy"
     merge_weight: float = 0.5
     query_rows: str = "zeros"
+    distil: bool = False
 
     def check(self) -> None:
         """Refuse an unknown kind or row start and a merge weight outside [0, 1]."""
         require(self.kind in KINDS, "kind", self.kind, f"one of {list(KINDS)}")
         require(0 <= self.merge_weight <= 1, "merge_weight", self.merge_weight, "a float in [0, 1]")
         require(self.query_rows in QUERY_ROWS, "query_rows", self.query_rows, f"one of {list(QUERY_ROWS)}")
+        require(not self.distil or self.kind == "compose", "distil", self.distil, "false unless kind is compose")
 
 
 class Composed(nn.Module):

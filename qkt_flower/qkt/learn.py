@@ -118,6 +118,7 @@ def query_learning(
     method = method.runs()
     seconds: dict[str, float] = {}
     history: dict[str, list] = {}
+    given = task
     own = task.data  # calibration measures the client's own images, never the jittered copies
     task = transfer_set(task, method.transfer, seed)
     teachers = Teachers(experts if method.teachers else [], local_model, task.data, device)
@@ -139,4 +140,13 @@ def query_learning(
     )
     if on_phase_end is not None and method.calibration.max_false_query is not None:
         on_phase_end("calibrated", student)
+    if method.student.distil and teachers.experts:  # the composed model back into one of the client's size
+        teacher = Expert(student, task.query_classes, (*task.query_classes, *task.local_classes))
+        start = time.perf_counter()
+        student, step2 = query_learning(local_model, given, [teacher], method.distilled(), seed, device, progress)
+        seconds["distil"] = time.perf_counter() - start
+        history.update({f"distil.{name}": losses for name, losses in step2["history"].items()})
+        shift = step2["calibration_shift"]
+        if on_phase_end is not None:
+            on_phase_end("distilled", student)
     return student, {"history": history, "seconds": seconds, "calibration_shift": shift}

@@ -16,7 +16,7 @@ from qkt_flower.qkt.terms import Terms
 from qkt_flower.qkt.transfer import TransferSpec
 
 TRAINS = ("all", "head")
-RESERVED = ("calibrated", "teacher_logits")
+RESERVED = ("calibrated", "distil", "distilled", "teacher_logits")
 """Names a phase may not take: query learning reports the calibration and the teachers' forward passes under them."""
 
 
@@ -148,6 +148,13 @@ class MethodSpec:
         ]
         phases = [p for p in phases if any(self.terms.get(t).weight > 0 for t in p.terms)]
         return replace(self, teachers=False, student=StudentSpec(), phases=phases)
+
+    def distilled(self) -> MethodSpec:
+        """The second step of ``student.distil``: the default joint phase on a copy of the client's model.
+
+        Its one expert is the composed model; terms, transfer set and calibration stay the recipe's.
+        """
+        return replace(self, student=StudentSpec(), phases=[PhaseSpec()])
 
     def runs(self) -> MethodSpec:
         """The recipe as it trains: itself, or :meth:`without_teachers` when ``teachers`` is off."""

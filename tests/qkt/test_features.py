@@ -187,3 +187,17 @@ def test_the_pooled_data_oracle_sees_every_query_image_of_the_federation_and_is_
         {**row, "method": "balanced-CE control", "query_acc": 40.0, "mean_acc": 65.0},
     ]
     assert "balanced-CE control" in claim_conditions(table, 20.0)[2][2]  # the oracle is a reference, not "best other"
+
+
+def test_a_distilled_composition_ends_in_a_model_of_the_clients_size():
+    data = _data()
+    local, expert = _cnn(0), _cnn(1)
+    phase = PhaseSpec(name="compose", trains="head", epochs=1, epoch_samples=30)
+    method = MethodSpec(student=StudentSpec("compose", distil=True), phases=[phase])
+    method.transfer.augment_shots = method.transfer.augment_local = 0
+    task = QueryTask(data, (2,), (0, 1))
+    student, info = query_learning(local, task, [Expert(expert, (2,), (0, 1, 2))], method, seed=0)
+    assert isinstance(student, SmallCNN) and "distil.joint" in info["history"] and info["seconds"]["distil"] > 0
+    assert info["history"]["distil.joint"][0]["query"] > 0  # the composed model taught the query class
+    with pytest.raises(ConfigError):
+        load_config(["method.student.distil=true"])  # distil needs a composition
