@@ -55,6 +55,18 @@ class Baselines:
     cache: Path | None = None
 
 
+def federated_inputs(cfg) -> str:
+    """Hash of what a FedAvg / FedProx run starts from.
+
+    Data, partition, query cut, model, seed and the client round's recipe (batch size, optimiser, augmentation);
+    not the local models' epochs or initialisation, which the federated baselines never see, so grids over those
+    share the federated globals.
+    """
+    recipe = {k: v for k, v in steps.step0_recipe(cfg).items() if k not in ("epochs", "shared_init")}
+    return key_of([asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), asdict(cfg.model), recipe, cfg.seed,
+                   code_fingerprint(*steps.local_training_code())])  # fmt: skip
+
+
 def global_models(exp: Experiment, name: str, b: Baselines) -> dict:
     """FedAvg / FedProx global models after 1 and ``b.rounds`` rounds, cached as state dicts."""
     cfg, fed = exp.cfg, exp.fed
@@ -62,7 +74,7 @@ def global_models(exp: Experiment, name: str, b: Baselines) -> dict:
     code = code_fingerprint(
         federated.federated_round, federated.federated_baseline, federated.initial_global_model, averaging
     )
-    key = key_of([steps.local_model_key(cfg), name, mu, cfg.baselines.epochs_per_round, b.rounds, code])
+    key = key_of([federated_inputs(cfg), name, mu, cfg.baselines.epochs_per_round, b.rounds, code])
     path = b.cache / f"{name}-{key}.pt" if b.cache is not None else None
     if path is not None and path.exists():
         states = torch.load(path, map_location="cpu")

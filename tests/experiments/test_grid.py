@@ -109,3 +109,13 @@ def test_unknown_variant_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPTS / "query_grid.py"), "--variants", "QKT, no such thing",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_federated_globals_are_shared_by_grids_over_the_local_models_epochs_or_init():
+    from qkt_flower.config import load_config
+    from qkt_flower.experiments.grid import federated_inputs
+
+    base = federated_inputs(load_config([]))
+    assert federated_inputs(load_config(["local.epochs=10", "local.shared_init=true"])) == base
+    for other in (["seed=1"], ["local.lr=0.01"], ["local.batch_size=32"], ["partition=dirichlet"], ["model=resnet10"]):
+        assert federated_inputs(load_config(other)) != base, other
