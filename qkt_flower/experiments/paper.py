@@ -37,7 +37,7 @@ ONE_ROUND = {"ensemble": "ensemble (all models)", "vanilla_kd": "vanilla KD (all
 FEDERATED = {"fedavg": "FedAvg", "fedprox": "FedProx"}
 QKT_STEPS = ("probe", "weights", "qkt")
 """The Flower steps that are QKT's own (local training is every method's common start, so it is not counted)."""
-SYMBOLS = {"λ": "lambda", "β": "beta", "γ": "gamma", "%": "pct"}
+SYMBOLS = {"λ": "lambda", "β": "beta", "γ": "gamma", "%": "pct", "¼": "quarter", "×": "x"}
 
 
 def run_overrides(dataset: str, query: str, seed: int, cache: Path, preset: str, extra: list[str]) -> list[str]:
