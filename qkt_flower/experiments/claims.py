@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from qkt_flower.experiments.tables import best_in_band, claim_conditions, competitors, margin_for
+from qkt_flower.experiments.tables import best_in_band, claim_conditions, margin_for
 
 SPLITS = {"pathological": "path.", "dirichlet": "Dir.", "iid": "IID"}
 CONDITIONS = ("best mean(q,l)", "local within 2", "query margin")
@@ -86,8 +86,7 @@ def margin_table(cols: dict[str, Column], names: list[str]) -> tuple[str, dict]:
                 cells.append("")
                 continue
             gap = r["query_acc"] - best[col]["query_acc"]
-            top = max(c["mean_acc"] for c in competitors(rows))
-            ok = gap >= goal and r["local_delta"] >= -2.0 and r["mean_acc"] >= top
+            ok = all(passed for passed, _, _ in claim_conditions(rows, goal, m))
             data[m][col] = {"margin": gap, "local_delta": r["local_delta"], "all_three": ok}
             cells.append(f"{gap:+.1f} ({r['local_delta']:+.1f}){' ✓' if ok else ''}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")

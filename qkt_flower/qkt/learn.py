@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from qkt_flower.data.datasets import ImageDataset
-from qkt_flower.data.loaders import INFERENCE_BATCH, Batch, Batches, image_batches
+from qkt_flower.data.loaders import Batch, Batches, image_batches
 from qkt_flower.qkt.calibrate import calibrate
 from qkt_flower.qkt.compose import initial_student
 from qkt_flower.qkt.engine import StepFn, fit
 from qkt_flower.qkt.method import MethodSpec, PhaseSpec
-from qkt_flower.qkt.task import Expert, QueryTask, Teachers
+from qkt_flower.qkt.task import Expert, QueryTask, Teachers, cached_features
 from qkt_flower.qkt.terms import Outputs
 from qkt_flower.qkt.transfer import transfer_set
 
@@ -42,11 +42,9 @@ def phase_batches(task: QueryTask, spec: PhaseSpec, seed: int, device, inputs: t
     return Batches(inputs, task.data.labels, spec.batch_size, **kwargs)
 
 
-@torch.inference_mode()
 def features(model: nn.Module, data: ImageDataset, device) -> torch.Tensor:
     """``model.features`` over ``data`` in eval mode (BatchNorm statistics untouched), in data order."""
-    model.eval()
-    return torch.cat([model.features(b.x).float() for b in image_batches(data, INFERENCE_BATCH, device=device)])
+    return cached_features([model], data, device)[0]
 
 
 class Trainable(nn.Module):
@@ -126,8 +124,7 @@ def query_learning(
         start = time.perf_counter()
         _ = teachers.logits, teachers.original_logits
         seconds["teacher_logits"] = time.perf_counter() - start
-    student = initial_student(local_model, teachers.experts, method.student)
-    student = student.to(device)
+    student = initial_student(local_model, teachers.experts, method.student).to(device)
     for i, phase in enumerate(method.phases):
         start = time.perf_counter()
         history[phase.name] = run_phase(student, method, phase, task, teachers, seed + i, device, progress)
