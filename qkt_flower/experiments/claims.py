@@ -42,6 +42,11 @@ def columns(grids: list[tuple[str, Path]]) -> dict[str, Column]:
     return out
 
 
+def typographic(text: str) -> str:
+    """Minus signs before numbers as typographic minus (−), as in the README."""
+    return re.sub(r"(?<![\w-])-(?=\d)", "−", text)
+
+
 def claim_table(cols: dict[str, Column], qkt: str) -> tuple[str, dict]:
     """Markdown and its JSON: every method's "query (Δlocal)" per column, then the conditions for ``qkt``.
 
@@ -63,7 +68,7 @@ def claim_table(cols: dict[str, Column], qkt: str) -> tuple[str, dict]:
     passed = {name: None if c is None else [ok for ok, _, _ in c] for name, c in checks.items()}
     data = {"columns": {name: {"margin": margin, "rows": rows} for name, (rows, margin) in cols.items()},
             "passed": passed}  # fmt: skip
-    return re.sub(r"(?<![\w-])-(?=\d)", "−", "\n".join(lines)), data
+    return typographic("\n".join(lines)), data
 
 
 def margin_table(cols: dict[str, Column], names: list[str]) -> tuple[str, dict]:
@@ -90,4 +95,4 @@ def margin_table(cols: dict[str, Column], names: list[str]) -> tuple[str, dict]:
             data[m][col] = {"margin": gap, "local_delta": r["local_delta"], "all_three": ok}
             cells.append(f"{gap:+.1f} ({r['local_delta']:+.1f}){' ✓' if ok else ''}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return re.sub(r"(?<![\w-])-(?=\d)", "−", "\n".join(lines)), data
+    return typographic("\n".join(lines)), data

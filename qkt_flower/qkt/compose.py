@@ -63,6 +63,7 @@ class Composed(nn.Module):
             m.head = nn.Identity()  # only their features are used
             m.requires_grad_(False)
         self.extractors = nn.ModuleList(extractors)
+        self.train()  # the extractors in eval mode from the start
 
     def _rows_from_experts(self, experts: list[Expert], dims: list[int]) -> None:
         """Each query class's row: its experts' head rows on their own features, averaged; its bias, theirs."""
@@ -75,9 +76,15 @@ class Composed(nn.Module):
                 self.head.weight[c, starts[i] : starts[i] + dims[i + 1]] = head.weight[c] / len(mine)
             self.head.bias[c] = torch.stack([experts[i].model.head.bias[c] for i in mine]).mean()
 
+    def train(self, mode: bool = True) -> Composed:
+        """Only the head follows ``mode``: the extractors stay in eval mode (frozen, BatchNorm statistics included)."""
+        super().train(mode)
+        self.extractors.eval()
+        return self
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[own ‖ expert_1 ‖ …]`` features (the extractors always in eval mode: frozen, BatchNorm included)."""
-        return torch.cat([m.eval().features(x) for m in self.extractors], dim=-1)
+        """``[own ‖ expert_1 ‖ …]`` features."""
+        return torch.cat([m.features(x) for m in self.extractors], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the shared head."""

@@ -54,11 +54,7 @@ def cached_logits(
     models: list[nn.Module], data: ImageDataset, device: torch.device | str, batch_size: int = INFERENCE_BATCH
 ) -> torch.Tensor:
     """Logits ``(K, N, C)`` of each model over ``data``, in data order (one pass per model)."""
-    batches = image_batches(data, batch_size, device=device)
-    out = []
-    for model in models:
-        model.to(device).eval()
-        out.append(torch.cat([model(b.x).float() for b in batches]))
+    out = _over_data(models, data, device, batch_size, lambda model, x: model(x))
     if not out:
         return torch.empty(0, len(data), data.num_classes, device=device)
     return torch.stack(out)
@@ -69,11 +65,16 @@ def cached_features(
     models: list[nn.Module], data: ImageDataset, device: torch.device | str, batch_size: int = INFERENCE_BATCH
 ) -> list[torch.Tensor]:
     """Features ``(N, D_k)`` of each model over ``data`` (eval mode, in data order); dimensions may differ."""
+    return _over_data(models, data, device, batch_size, lambda model, x: model.features(x))
+
+
+def _over_data(models, data: ImageDataset, device, batch_size: int, output) -> list[torch.Tensor]:
+    """``output(model, x)`` of each model (eval mode) over every batch of ``data``, concatenated, as float."""
     batches = image_batches(data, batch_size, device=device)
     out = []
     for model in models:
         model.to(device).eval()
-        out.append(torch.cat([model.features(b.x).float() for b in batches]))
+        out.append(torch.cat([output(model, b.x).float() for b in batches]))
     return out
 
 

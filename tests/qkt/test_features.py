@@ -37,6 +37,7 @@ def test_a_composed_student_starts_as_the_clients_model_and_trains_only_its_head
     assert composed.features(x).shape == (5, 3 * own.head.in_features)
     trainable = [n for n, p in composed.named_parameters() if p.requires_grad]
     assert trainable == ["head.weight", "head.bias"]
+    assert not any(m.training for m in Composed(_cnn(3).train(), []).extractors.modules())  # eval from the start
     composed.train()  # the extractors stay in eval mode: BatchNorm statistics are never updated
     before = composed.extractors[1].body[1].running_mean.clone()
     composed(x * 5 + 3)
