@@ -23,6 +23,7 @@ from qkt_flower.experiments.tables import ACC
 from qkt_flower.qkt import calibrate, engine, evaluate, learn, terms, transfer
 from qkt_flower.qkt import method as method_spec
 from qkt_flower.qkt import task as query_task
+from qkt_flower.qkt.compose import inference_cost
 from qkt_flower.qkt.terms import ce
 
 BASELINE_CODE = (
@@ -134,6 +135,9 @@ def run_cell(
 ) -> list[dict]:
     """Every variant and the baselines on one (split, seed, query) cell; rows in percent.
 
+    A variant's row adds ``experts`` (teachers whose weights it fetched) and ``flops_x`` (its inference FLOPs
+    per image over the client's model: 1 unless the student composes the experts' extractors).
+
     ``oracle``: add the pooled-data oracle row (:mod:`~qkt_flower.experiments.headroom`).
     """
     exp = prepare(load_config(overrides), device)
@@ -144,7 +148,10 @@ def run_cell(
 
     rows = [row("local model", exp.models[exp.client])]
     for name, extra in variants.items():
-        rows.append(row(name, exp.learn(load_config([*overrides, *extra]))[0]))
+        model, info = exp.learn(load_config([*overrides, *extra]))
+        cost = inference_cost(model, exp.models[exp.client], tuple(exp.fed.train.input_shape))
+        experts = 0 if info["selection"] is None else len(info["selection"].relevant)
+        rows.append({**row(name, model), "experts": experts, "flops_x": cost["flops"]})
     if baselines is not None:
         rows += baseline_rows(exp, row, baselines)
     if oracle:

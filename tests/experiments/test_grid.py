@@ -59,6 +59,10 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path):
     assert methods == expected and not result["skipped"]
     for row in result["rows"]:
         assert all(0.0 <= row[k] <= 100.0 for k in ACC)
+    variant = {r["method"]: r for r in result["rows"] if r["method"] in variants}
+    composed = variant["QKT, expert composition"]  # the client's extractor and each expert's: ≈ (1 + K)× FLOPs
+    assert composed["experts"] >= 1 and abs(composed["flops_x"] - (1 + composed["experts"])) < 0.05
+    assert variant["QKT (default)"]["flops_x"] == 1.0 and variant["balanced-CE control"]["experts"] == 0
     streamed = [json.loads(line) for line in (tmp_path / "grid" / "rows.jsonl").read_text().splitlines()]
     assert streamed == result["rows"]  # written cell by cell, so a stopped grid keeps its finished cells
     script("query_grid", "--from-rows", "--out", str(tmp_path / "grid"))  # tables rebuilt from them, nothing run
