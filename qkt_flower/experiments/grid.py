@@ -23,7 +23,7 @@ from qkt_flower.experiments.tables import ACC
 from qkt_flower.qkt import calibrate, engine, evaluate, learn, terms, transfer
 from qkt_flower.qkt import method as method_spec
 from qkt_flower.qkt import task as query_task
-from qkt_flower.qkt.compose import inference_cost
+from qkt_flower.qkt.compose import inference_cost, initial_student
 from qkt_flower.qkt.terms import ce
 
 BASELINE_CODE = (
@@ -136,7 +136,8 @@ def run_cell(
     """Every variant and the baselines on one (split, seed, query) cell; rows in percent.
 
     A variant's row adds ``experts`` (teachers whose weights it fetched) and ``flops_x`` (its inference FLOPs
-    per image over the client's model: 1 unless the student composes the experts' extractors).
+    per image over the client's model: 1 unless the student composes the experts' extractors). A weight-merge
+    variant adds the row of its merged model before query learning (``"<name>: merged, before query learning"``).
 
     ``oracle``: add the pooled-data oracle row (:mod:`~qkt_flower.experiments.headroom`).
     """
@@ -148,7 +149,11 @@ def run_cell(
 
     rows = [row("local model", exp.models[exp.client])]
     for name, extra in variants.items():
-        model, info = exp.learn(load_config([*overrides, *extra]))
+        cfg = load_config([*overrides, *extra])
+        if cfg.method.student.kind == "merge":  # how the client's own classes survive the merge itself
+            start = initial_student(exp.models[exp.client], exp.experts(cfg)[0], cfg.method.student)
+            rows.append(row(f"{name}: merged, before query learning", start))
+        model, info = exp.learn(cfg)
         cost = inference_cost(model, exp.models[exp.client], tuple(exp.fed.train.input_shape))
         experts = 0 if info["selection"] is None else len(info["selection"].relevant)
         rows.append({**row(name, model), "experts": experts, "flops_x": cost["flops"]})

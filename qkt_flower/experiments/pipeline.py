@@ -83,14 +83,18 @@ class Experiment:
                 "a variant may not change the data, the partition, the "
                 "query cut, the model or local training: those shape the cell's local models",
             )
-        local = self.models[self.client]
-        experts, masks, selection = [], {}, None
-        if cfg.method.teachers:
-            scores, _ = self.scores(cfg)
-            masks, selection = steps.choose_experts(cfg, scores, self.fed.scenario.query_classes)
-            experts = steps.make_experts(self.models, masks, selection)
-        model, info = steps.learn_query(cfg, self.fed, local, experts, self.device, on_phase_end)
+        experts, masks, selection = self.experts(cfg)
+        model, info = steps.learn_query(cfg, self.fed, self.models[self.client], experts, self.device, on_phase_end)
         return model, {**info, "masks": masks, "selection": selection}
+
+    def experts(self, cfg=None) -> tuple[list, dict, object]:
+        """``(experts, masks, selection)`` under ``cfg``'s probe and mask; none for a method without teachers."""
+        cfg = cfg or self.cfg
+        if not cfg.method.teachers:
+            return [], {}, None
+        scores, _ = self.scores(cfg)
+        masks, selection = steps.choose_experts(cfg, scores, self.fed.scenario.query_classes)
+        return steps.make_experts(self.models, masks, selection), masks, selection
 
     def evaluate(self, model: nn.Module) -> dict:
         """Query / local / overall / mean accuracy and per-class accuracy on the test view (fractions)."""

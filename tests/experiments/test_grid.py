@@ -45,17 +45,19 @@ def _image_folder(root: Path, train: int, test: int) -> None:
 def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path):
     _image_folder(tmp_path / "data", train=30, test=4)
     variants = ["QKT (default)", "QKT, no augmentation", "QKT, no calibration", "QKT, expert composition",
-                "QKT, feature distillation", "balanced-CE control"]  # fmt: skip
+                "QKT, feature distillation", "QKT, weight merge", "balanced-CE control"]  # fmt: skip
     extra = ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16", "model=resnet10",
-             "local.epochs=1", "method.phases.0.epochs=2", "query.min_local_count=5",
+             "local.shared_init=true", "local.epochs=1", "method.phases.0.epochs=2", "query.min_local_count=5",
              "strategy.probe.n=32"]  # fmt: skip
     argv = ["--partitions", "pathological", "--seeds", "0", "--queries", "[0]", "--rounds", "2", "--oracle",
             "--variants", *variants, "--out", str(tmp_path / "grid"), "--extra", *extra]  # fmt: skip
     printed = script("query_grid", *argv)
     result = json.loads((tmp_path / "grid" / "grid.json").read_text())
     methods = [r["method"] for r in result["table"]]
-    expected = ["local model", *variants, "ensemble (all models)", "vanilla KD", "FedDF fusion", "FedAvg (1 rd)",
-                "FedAvg (1 rd) + FT", "FedAvg (2 rd)", "FedAvg (2 rd) + FT", ORACLE]  # fmt: skip
+    merge_start = "QKT, weight merge: merged, before query learning"  # the merge itself, before L_keep restores
+    expected = ["local model", *variants[:5], merge_start, *variants[5:], "ensemble (all models)", "vanilla KD",
+                "FedDF fusion", "FedAvg (1 rd)", "FedAvg (1 rd) + FT", "FedAvg (2 rd)", "FedAvg (2 rd) + FT",
+                ORACLE]  # fmt: skip
     assert methods == expected and not result["skipped"]
     for row in result["rows"]:
         assert all(0.0 <= row[k] <= 100.0 for k in ACC)
@@ -76,7 +78,7 @@ def test_grid_runs_on_an_image_folder_with_the_resnet(tmp_path):
     again = json.loads((tmp_path / "grid" / "grid.json").read_text())
     first = {r["method"]: r for r in result["rows"]}
     for row in again["rows"]:
-        if row["method"] in expected[len(variants) + 1 : -1]:
+        if row["method"] in expected[len(variants) + 2 : -1]:
             assert row == first[row["method"]]
 
     # the trade-off figure is drawn from the grid's own grid.json
