@@ -129,7 +129,6 @@ def _hydra_main(dcfg: DictConfig) -> float:
         cfg = to_config(dcfg)
         results = run_reference(cfg)
     except (ConfigError, DataNotFoundError) as err:
-        log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     path = save_results(out_dir, results, dcfg)

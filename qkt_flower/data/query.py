@@ -34,6 +34,8 @@ class QuerySpec:
         """
         require(self.shots >= 0, "shots", self.shots, "an integer >= 0")
         require(self.min_local_count >= 1, "min_local_count", self.min_local_count, "an integer >= 1")
+        classes = list(self.classes or [])
+        require(len(set(classes)) == len(classes), "classes", classes, "distinct class ids (one listed twice)")
 
 
 def check_label_space(

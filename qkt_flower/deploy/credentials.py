@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,16 @@ class NodeKey:
 
 
 def _write_private(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    path.chmod(0o600)  # a private key readable by others is refused by many tools, and is a leak
+    """Write a private key readable by its owner only, from its first byte on: a new 0600 file, renamed over ``path``.
+
+    A key readable by others is a leak (and many tools refuse it); a chmod after writing leaves a moment open.
+    """
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the umask can only narrow 0600
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
     return path
 
 
