@@ -121,6 +121,7 @@ class ExperimentConfig:
     progress: bool = True
     checkpoint_dir: str | None = None
     resume: bool = False
+    overwrite: bool = False
     partition_cache: str | None = None
     amp: str = "auto"
 

@@ -23,7 +23,7 @@ from qkt_flower.experiments.federated import one_round_baseline
 from qkt_flower.experiments.pipeline import prepare
 from qkt_flower.qkt.compose import inference_cost
 from qkt_flower.qkt.mask import mask_quality
-from qkt_flower.results import ACCURACIES, save_results
+from qkt_flower.results import ACCURACIES, check_writable, save_results
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,12 @@ def _hydra_main(dcfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         cfg = to_config(dcfg)
+        check_writable(out_dir, cfg.overwrite)
         results = run_reference(cfg)
+        path = save_results(out_dir, results, dcfg, overwrite=cfg.overwrite)
     except (ConfigError, DataNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    path = save_results(out_dir, results, dcfg)
     print(summary_line(results))
     print(f"results: {path}")
     return results["after"]["mean_acc"]

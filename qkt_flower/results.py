@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from qkt_flower.errors import ConfigError
+
 ACCURACIES = ("query_acc", "local_acc", "overall_acc", "mean_acc")
 """The accuracies of every evaluation object (fractions in [0, 1])."""
 
@@ -44,8 +46,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def save_results(out_dir: str | Path, results: dict, cfg: DictConfig | None = None) -> Path:
-    """Write ``results.json`` (and ``config.yaml``, resolved, when ``cfg`` is given); returns the JSON path."""
+def check_writable(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse (:class:`~qkt_flower.errors.ConfigError` on ``overwrite``) a folder holding an earlier run's results."""
+    path = Path(out_dir) / "results.json"
+    if path.exists() and not overwrite:
+        raise ConfigError("overwrite", False, f"false while {path} holds an earlier run's results: "
+                          "choose another output folder (hydra.run.dir=...) or set overwrite=true")  # fmt: skip
+
+
+def save_results(out_dir: str | Path, results: dict, cfg: DictConfig | None = None, overwrite: bool = False) -> Path:
+    """Write ``results.json`` (and ``config.yaml``, resolved, when ``cfg`` is given); returns the JSON path.
+
+    An existing ``results.json`` is replaced only with ``overwrite`` (:func:`check_writable`).
+    """
+    check_writable(out_dir, overwrite)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"

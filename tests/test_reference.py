@@ -117,6 +117,14 @@ def test_cli_writes_results_and_resolved_config(tmp_path):
     assert "seed: 0" in config
     assert "query" in proc.stdout
 
+    # a second run into the same folder is refused on one line before any work, and nothing is replaced
+    first = (tmp_path / "results.json").read_bytes()
+    again = subprocess.run([*cmd, "seed=1"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.startswith("error: overwrite=False"), again.stderr[-2000:]
+    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+    assert (tmp_path / "results.json").read_bytes() == first
+    assert "seed: 0" in (tmp_path / "config.yaml").read_text()
+
 
 @pytest.mark.slow
 def test_full_data_paper_recipe_meets_the_claim():

@@ -1,11 +1,11 @@
 """Finished QKT steps on disk, so that re-running the same experiment with ``resume=true`` skips them.
 
-One folder per experiment under ``checkpoint_dir``, named by the hash of its resolved config (minus the
-keys that do not change results: ``resume``, ``progress``, ``device``, ``checkpoint_dir``), so that re-running
-the same command finds it whatever Hydra's timestamped output folder is. It holds ``steps.json`` (the
-server's view of each finished step: training replies, probe scores, QKT metrics, baselines) and
-``local_models/`` (every node's trained model: the nodes write it there through ``local.cache_dir``; in a
-deployment each node writes that path on its own disk).
+One folder per experiment under ``checkpoint_dir``, named by the hash of its resolved config (minus the keys
+that do not change results: ``resume``, ``overwrite``, ``progress``, ``device``, ``checkpoint_dir``,
+``partition_cache``), so that re-running the same command finds it whatever Hydra's timestamped output folder
+is. It holds ``steps.json`` (the server's view of each finished step: training replies, probe scores, QKT metrics,
+baselines) and ``local_models/`` (every node's trained model: the nodes write it there through
+``local.cache_dir``; in a deployment each node writes that path on its own disk).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-NOT_RESULT_KEYS = ("resume", "progress", "device", "checkpoint_dir", "partition_cache")
+NOT_RESULT_KEYS = ("resume", "overwrite", "progress", "device", "checkpoint_dir", "partition_cache")
 
 
 def config_hash(cfg_yaml: str) -> str:

@@ -22,7 +22,7 @@ from qkt_flower.config import ExperimentConfig, compose_config, to_config
 from qkt_flower.fl.baselines import run_baselines
 from qkt_flower.fl.checkpoint import Checkpoint
 from qkt_flower.fl.strategy import QKTStrategy
-from qkt_flower.results import nest_metrics, save_results
+from qkt_flower.results import check_writable, nest_metrics, save_results
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = No
         yaml = cfg_yaml or config_yaml_from_run_config(dict(context.run_config))
         cfg = to_config(OmegaConf.create(yaml))
         folder = Path(out_dir or context.run_config.get("output-dir") or f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}")
+        check_writable(folder, cfg.overwrite)  # before any message: nothing is computed to be thrown away
         checkpoint = Checkpoint(cfg.checkpoint_dir, yaml, cfg.resume)
         if checkpoint.get("results") is not None:  # every step finished before: nothing to send
             results = {**checkpoint.get("results"), "resumed": ["all"]}
@@ -90,7 +91,7 @@ def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = No
             yaml = with_local_models(yaml, checkpoint)
             results = run_experiment(to_config(OmegaConf.create(yaml)), yaml, grid, checkpoint)
             checkpoint.put("results", results)
-        path = save_results(folder, results, OmegaConf.create(yaml))
+        path = save_results(folder, results, OmegaConf.create(yaml), overwrite=cfg.overwrite)
         log.info("QKT results: %s", path)
 
     return app

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.results import check_writable
 
 
 def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
@@ -49,6 +50,7 @@ def _hydra_main(dcfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         cfg = to_config(dcfg)
+        check_writable(out_dir, cfg.overwrite)
         simulate(cfg, OmegaConf.to_yaml(dcfg, resolve=True), out_dir)
     except (ConfigError, DataNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
