@@ -127,6 +127,9 @@ def _hydra_main(dcfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         cfg = to_config(dcfg)
+        if cfg.resume:  # the reference runner keeps no checkpoint: a silent retrain would look like a resume
+            why = "false here: qkt-reference keeps no checkpoint (resume is for qkt-flower and flwr run)"
+            raise ConfigError("resume", True, f"{why}; local.cache_dir=<folder> reuses trained local models")
         check_writable(out_dir, cfg.overwrite)
         results = run_reference(cfg)
         path = save_results(out_dir, results, dcfg, overwrite=cfg.overwrite)

@@ -124,6 +124,8 @@ def test_cli_writes_results_and_resolved_config(tmp_path):
     assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
     assert (tmp_path / "results.json").read_bytes() == first
     assert "seed: 0" in (tmp_path / "config.yaml").read_text()
+    refused = subprocess.run([*cmd, "resume=true", "overwrite=true"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: resume=True"), refused.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -2,10 +2,12 @@
 
 One folder per experiment under ``checkpoint_dir``, named by the hash of its resolved config (minus the keys
 that do not change results: ``resume``, ``overwrite``, ``progress``, ``device``, ``checkpoint_dir``,
-``partition_cache``), so that re-running the same command finds it whatever Hydra's timestamped output folder
-is. It holds ``steps.json`` (the server's view of each finished step: training replies, probe scores, QKT metrics,
+``partition_cache``) and of the package's code, so that re-running the same command finds it whatever Hydra's
+timestamped output folder is, and a code change starts afresh. It holds ``steps.json`` (that config and code
+fingerprint, and the server's view of each finished step: training replies, probe scores, QKT metrics,
 baselines) and ``local_models/`` (every node's trained model: the nodes write it there through
-``local.cache_dir``; in a deployment each node writes that path on its own disk).
+``local.cache_dir``; in a deployment each node writes that path on its own disk). ``resume=true`` refuses a
+``steps.json`` that is corrupt, or was written for another config or by other code, on one line.
 """
 
 from __future__ import annotations
@@ -14,40 +16,100 @@ import hashlib
 import json
 import logging
 import shutil
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from qkt_flower.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 NOT_RESULT_KEYS = ("resume", "overwrite", "progress", "device", "checkpoint_dir", "partition_cache")
+PACKAGE = Path(__file__).resolve().parents[1]  # qkt_flower/
 
 
-def config_hash(cfg_yaml: str) -> str:
-    """Hash of the resolved config, without the keys that cannot change a result."""
+@cache
+def code_fingerprint() -> str:
+    """Hash of every module of the package: a checkpoint written by other code is never resumed."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def result_config(cfg_yaml: str) -> dict:
+    """The resolved config without the keys that cannot change a result."""
     tree = OmegaConf.to_container(OmegaConf.create(cfg_yaml), resolve=True)
     for key in NOT_RESULT_KEYS:
         tree.pop(key, None)  # type: ignore[union-attr]
     tree.get("local", {}).pop("cache_dir", None)  # type: ignore[union-attr]
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+    return tree  # type: ignore[return-value]
+
+
+def config_hash(cfg_yaml: str) -> str:
+    """Hash of the result-shaping config and of the code: the name of the experiment's checkpoint folder."""
+    parts = {"config": result_config(cfg_yaml), "code": code_fingerprint()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current), key=str)
+        return [d for k in keys for d in _differences(saved.get(k), current.get(k), f"{prefix}{k}.")]
+    return [] if saved == current else [f"{prefix[:-1]}: {saved!r} there, {current!r} here"]
+
+
+def read_steps(path: Path, cfg_yaml: str) -> dict[str, Any]:
+    """The finished steps in ``path``, refused (:class:`ConfigError` on ``resume``) unless they are this run's.
+
+    A checkpoint holds the config and code fingerprint it was written under; a file that is not JSON, has another
+    shape, or belongs to another config or another version of the code is never resumed.
+    """
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError("resume", True, f"{path} {why}: delete that folder or run without resume=true")
+
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise refuse(f"cannot be read ({type(err).__name__})") from None
+    if not (isinstance(saved, dict) and {"config", "code", "steps"} <= set(saved) and isinstance(saved["steps"], dict)):
+        raise refuse("is not a checkpoint (no config, code and steps)")
+    if saved["code"] != code_fingerprint():
+        raise refuse("was written by another version of the code")
+    diff = _differences(saved["config"], result_config(cfg_yaml))
+    if diff:
+        raise refuse(f"belongs to another config ({'; '.join(diff[:3])})")
+    return saved["steps"]
+
+
+def check_resumable(root: str | Path | None, cfg_yaml: str, resume: bool) -> None:
+    """Refuse, before any work, a ``resume`` from a checkpoint that is not this run's (:func:`read_steps`)."""
+    if root and resume:
+        path = Path(root).expanduser().resolve() / config_hash(cfg_yaml) / "steps.json"
+        if path.is_file():
+            read_steps(path, cfg_yaml)
 
 
 class Checkpoint:
     """The finished steps of one experiment (a no-op when ``root`` is ``None``).
 
     Without ``resume`` an existing folder of the same config is cleared first: a fresh run never mixes
-    its steps with an earlier one's.
+    its steps with an earlier one's. ``steps.json`` holds the config and code fingerprint beside the steps.
     """
 
     def __init__(self, root: str | Path | None, cfg_yaml: str, resume: bool) -> None:
         self.folder = Path(root).expanduser().resolve() / config_hash(cfg_yaml) if root else None
         self.steps: dict[str, Any] = {}
+        self._header = {"config": result_config(cfg_yaml), "code": code_fingerprint()}
         if self.folder is None:
             return
         path = self.folder / "steps.json"
         if resume and path.is_file():
-            self.steps = json.loads(path.read_text())
+            self.steps = read_steps(path, cfg_yaml)
             log.info("resuming from %s: finished steps %s", self.folder, sorted(self.steps))
         elif not resume and self.folder.exists():
             shutil.rmtree(self.folder)
@@ -68,5 +130,5 @@ class Checkpoint:
         if self.folder is None:
             return
         tmp = self.folder / "steps.json.tmp"
-        tmp.write_text(json.dumps(self.steps, indent=1))
+        tmp.write_text(json.dumps({**self._header, "steps": self.steps}, indent=1))
         tmp.replace(self.folder / "steps.json")

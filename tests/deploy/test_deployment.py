@@ -93,7 +93,7 @@ def test_killed_supernode_mid_run(deployment, tmp_path):
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and run.alive():
         steps_file = next((tmp_path / "checkpoints").glob("*/steps.json"), None)
-        if steps_file is not None and "train" in json.loads(steps_file.read_text()):
+        if steps_file is not None and "train" in json.loads(steps_file.read_text())["steps"]:
             break
         time.sleep(0.5)
     assert steps_file is not None, "the run never finished local training"
