@@ -9,6 +9,7 @@ values before any data is loaded or any model trained.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def validate(cfg: ExperimentConfig) -> None:
         except ConfigError as err:
             raise err.under(group) from None
     require(
-        cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
         "device",
         cfg.device,
         "auto, cpu, cuda, cuda:N or mps",

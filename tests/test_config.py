@@ -14,6 +14,7 @@ from qkt_flower.errors import ConfigError
         ("model.name=vgg", "model.name"),
         ("query.classes=[10]", "query.classes"),
         ("query.classes=[3,3]", "query.classes"),
+        ("device=cuda:abc", "device"),
         ("strategy.mask.lam=0", "strategy.mask.lam"),
         ("strategy.mask.lam=-1", "strategy.mask.lam"),
         ("strategy.mask.lam=abc", "strategy.mask.lam"),

@@ -144,3 +144,18 @@ def test_full_data_paper_recipe_meets_the_claim():
     assert r["after"]["local_acc"] >= r["before"]["local_acc"] - 0.04
     assert r["after"]["query_acc"] > r["control"]["query_acc"] + 0.2
     assert r["probe"]["quality"]["precision"] >= 0.9
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "cuda:0" if not torch.cuda.is_available() else "cuda:99"])
+def test_a_device_this_machine_lacks_is_one_line_before_the_data_loads(tmp_path, device):
+    cmd = [
+        sys.executable,
+        "-m",
+        "qkt_flower.reference",
+        f"device={device}",
+        "dataset.root=/nonexistent",
+        f"hydra.run.dir={tmp_path}",
+    ]  # fmt: skip  (the data folder does not exist: refused before it is read)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: device='{device}'"), proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "CUDA GPUs visible" in proc.stderr

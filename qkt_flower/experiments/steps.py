@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from qkt_flower.data.federation import Federation
+from qkt_flower.errors import ConfigError
 from qkt_flower.experiments.cache import code_fingerprint, key_of
 from qkt_flower.models import build_model
 from qkt_flower.qkt.engine import mixed_precision
@@ -30,10 +31,16 @@ from qkt_flower.qkt.task import Expert, QueryTask
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; anything else is passed to :class:`torch.device`."""
+    """``auto`` picks CUDA when present, else CPU; a device this machine lacks is a :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError("device", name, f"a device this machine has ({torch.cuda.device_count()} CUDA GPUs "
+                          "visible): auto or cpu")  # fmt: skip
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", name, "a device this machine has (MPS is not available): auto or cpu")
+    return device
 
 
 def precision(cfg, device: torch.device):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.experiments.steps import resolve_device
 from qkt_flower.fl.checkpoint import check_resumable
 from qkt_flower.results import check_writable
 
@@ -33,6 +34,7 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
             cfg.simulation.num_supernodes,
             f"equal to partition.num_clients ({cfg.partition.num_clients}): one node per client",
         )
+    resolve_device(cfg.device)  # the simulated nodes run here: a device this machine lacks is refused now
     check_resumable(cfg.checkpoint_dir, cfg_yaml, cfg.resume)  # a checkpoint not of this run: refused here
     # refuses a bad query scenario here, before any process starts
     build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
