@@ -21,5 +21,9 @@ def require(ok: bool, key: str, value: object, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataError(Exception):
+    """Dataset files are missing or cannot be read; the message names the file and what to do."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
     """Dataset files are missing; the message says where they were looked for and how to get them."""

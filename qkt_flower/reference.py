@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
-from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments import steps
 from qkt_flower.experiments.federated import one_round_baseline
 from qkt_flower.experiments.pipeline import prepare
@@ -133,7 +133,7 @@ def _hydra_main(dcfg: DictConfig) -> float:
         check_writable(out_dir, cfg.overwrite)
         results = run_reference(cfg)
         path = save_results(out_dir, results, dcfg, overwrite=cfg.overwrite)
-    except (ConfigError, DataNotFoundError) as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(summary_line(results))

@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from qkt_flower.config import load_config
-from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments import frontier
 from qkt_flower.experiments.grid import add_cell_arguments, cell_overrides
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         except ConfigError as err:  # e.g. a query class nobody else holds under this seed: skip the cell
             print(f"skipped {part} seed {seed} {query}: {err}", file=sys.stderr)
             continue
-        except DataNotFoundError as err:
+        except DataError as err:
             fail(str(err))
         new = [{"partition": part, "seed": seed, "query": query, **r} for r in frontier.cell_rows(trained)]
         with partial.open("a") as f:

@@ -21,7 +21,7 @@ from pathlib import Path
 from qkt_flower.config import load_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.deploy.local import LocalDeployment
-from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.errors import ConfigError, DataError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # refuse a bad value, a missing data folder or an impossible split before any process starts
         cfg = load_config([*args.overrides, *([f"dataset.root={args.data_root}"] if args.data_root else [])])
         build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
-    except (ConfigError, DataNotFoundError) as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     workdir = args.workdir or Path(f"outputs/deployment/{datetime.now():%Y-%m-%d/%H-%M-%S}")

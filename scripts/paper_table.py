@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from qkt_flower.config import compose_config, load_config, to_config
-from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments import paper
 from qkt_flower.results import load_results, save_results, write_csv
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                 abl = run_ablation([*base, "control=false", *extra],
                                    out / "ablations" / f"{dataset}-seed{seed}-{paper.slug(name)}")  # fmt: skip
                 ablation_rows.append(paper.ablation_row(abl, dataset, seed, name))
-    except (ConfigError, DataNotFoundError) as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments.grid import Baselines, add_cell_arguments, cell_overrides, conf_fingerprint, run_cell
 from qkt_flower.experiments.tables import report
 from qkt_flower.experiments.variants import load_variants, pick
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         except ConfigError as err:  # e.g. a query class nobody else holds under this seed: skip the cell
             skipped.append({"partition": part, "seed": seed, "query": query, "why": str(err)})
             continue
-        except DataNotFoundError as err:
+        except DataError as err:
             fail(str(err))
         new = [{"partition": part, "seed": seed, "query": query, **r} for r in cell]
         with partial.open("a") as f:

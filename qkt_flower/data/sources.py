@@ -8,6 +8,7 @@ message that says how to get it.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from qkt_flower.data.idx import read_idx
 from qkt_flower.data.images import ImageDataset, channel_stats
-from qkt_flower.errors import DataNotFoundError
+from qkt_flower.errors import DataError, DataNotFoundError
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -51,7 +52,10 @@ def _split(images: np.ndarray, labels: np.ndarray, classes, stats) -> ImageDatas
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(-1))
-    return ImageDataset(x, y, tuple(classes), *stats)
+    try:
+        return ImageDataset(x, y, tuple(classes), *stats)
+    except ValueError as err:  # e.g. 6 images but 5 labels: the files do not belong together
+        raise DataError(f"the dataset files do not fit together: {err}") from None
 
 
 def load_fashion_mnist(root: Path, download: bool = False) -> tuple[ImageDataset, ImageDataset]:
@@ -75,15 +79,39 @@ def load_fashion_mnist(root: Path, download: bool = False) -> tuple[ImageDataset
                 "`sudo apt-get install -y dataset-fashion-mnist` (files go to /usr/share/datasets/fashion-mnist) "
                 "or set dataset.root to a folder holding the four IDX files."
             )
-        files[key] = read_idx(path)
+        try:
+            files[key] = read_idx(path)
+        except (OSError, ValueError) as err:  # cut-off .gz, wrong magic, payload shorter than its header says
+            raise DataError(f"{err}: replace the file (dataset-fashion-mnist ships intact copies)") from None
     train = _split(files["xtr"], files["ytr"], FASHION_MNIST_CLASSES, FASHION_MNIST_STATS)
     test = _split(files["xte"], files["yte"], FASHION_MNIST_CLASSES, FASHION_MNIST_STATS)
     return train, test
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR batch holds (dicts, lists, bytes, numpy arrays); any other global is refused.
+
+    ``pickle.load`` runs whatever a crafted file names; this reader cannot.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="bytes")
+    try:
+        with open(path, "rb") as fh:
+            out = _BatchUnpickler(fh, encoding="bytes").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise DataError(f"{path}: not a readable CIFAR batch ({type(err).__name__}): re-extract the archive") from None
+    if not isinstance(out, dict):
+        raise DataError(f"{path}: not a CIFAR batch (a {type(out).__name__}, not a dict): re-extract the archive")
+    return out
 
 
 def _load_cifar(
@@ -105,11 +133,21 @@ def _load_cifar(
 
     def read(files):
         parts = [_unpickle(base / f) for f in files]
-        data = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = np.concatenate([np.asarray(p[label_key]) for p in parts])
+        try:
+            data = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            labels = np.concatenate([np.asarray(p[label_key]) for p in parts])
+        except (KeyError, ValueError) as err:
+            raise DataError(
+                f"{base}: {', '.join(files)} are not CIFAR batches ({err!r}): re-extract the archive"
+            ) from None
+        if len(data) != len(labels):
+            raise DataError(f"{base}: {len(data)} images but {len(labels)} labels in {', '.join(files)}")
         return data, labels
 
-    names = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(base / meta_file)[names_key]]
+    meta = _unpickle(base / meta_file)
+    if names_key not in meta:
+        raise DataError(f"{base / meta_file}: no {names_key!r} in it: re-extract the archive")
+    names = [n.decode() if isinstance(n, bytes) else n for n in meta[names_key]]
     return _split(*read(train_files), names, stats), _split(*read(test_files), names, stats)
 
 
@@ -174,8 +212,11 @@ def load_pathmnist(root: Path, download: bool = False, size: int = 28) -> tuple[
             f"{path} not found. Run with dataset.download=true (needs internet and `pip install -e .[medmnist]`) "
             "or place the MedMNIST file pathmnist.npz there."
         )
-    with np.load(path) as npz:
-        xtr, ytr, xte, yte = (npz[k] for k in ("train_images", "train_labels", "test_images", "test_labels"))
+    try:
+        with np.load(path) as npz:  # allow_pickle stays False: an .npz cannot run code
+            xtr, ytr, xte, yte = (npz[k] for k in ("train_images", "train_labels", "test_images", "test_labels"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable MedMNIST file ({type(err).__name__}: {err})") from None
     stats = channel_stats(torch.from_numpy(xtr[:10000]).permute(0, 3, 1, 2))
     return _split(xtr, ytr, PATHMNIST_CLASSES, stats), _split(xte, yte, PATHMNIST_CLASSES, stats)
 
@@ -192,13 +233,14 @@ def load_image_folder(root: Path, download: bool = False, image_size: int = 32) 
     from torchvision.transforms.functional import pil_to_tensor, resize
 
     splits = {}
-    for split in ("train", "test"):
-        layout = (
-            "an image-folder dataset needs root/train/<class>/*.png and root/test/<class>/*.png "
-            "(CINIC-10: extract CINIC-10.tar.gz and point dataset.root at it)."
-        )
+    layout = (
+        "an image-folder dataset needs root/train/<class>/*.png and root/test/<class>/*.png "
+        "(CINIC-10: extract CINIC-10.tar.gz and point dataset.root at it)."
+    )
+    for split in ("train", "test"):  # both folders first: a missing test/ is said before train/ is decoded
         if not (root / split).is_dir():
             raise DataNotFoundError(f"{root / split} not found: {layout}")
+    for split in ("train", "test"):
         try:
             folder = ImageFolder(str(root / split))
         except FileNotFoundError as err:  # no class folders, or a class folder without images
@@ -207,8 +249,11 @@ def load_image_folder(root: Path, download: bool = False, image_size: int = 32) 
             raise DataNotFoundError(f"{root / split} holds no images")
         images = []
         for path, _ in folder.samples:
-            with Image.open(path) as img:
-                t = pil_to_tensor(img.convert("RGB"))
+            try:
+                with Image.open(path) as img:
+                    t = pil_to_tensor(img.convert("RGB"))
+            except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+                raise DataError(f"{path}: not a readable image ({type(err).__name__}): remove or replace it") from None
             if t.shape[1:] != (image_size, image_size):
                 t = resize(t, [image_size, image_size], antialias=True)
             images.append(t)

@@ -116,13 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m qkt_flower.fl.launch [HYDRA OVERRIDES...]``: one QKT experiment via ``flwr run .``."""
     from datetime import datetime
 
-    from qkt_flower.errors import ConfigError, DataNotFoundError
+    from qkt_flower.errors import ConfigError, DataError
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     out_dir = Path(f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}")
     try:
         proc = flwr_run_simulation(overrides, out_dir)
-    except (ConfigError, DataNotFoundError, RuntimeError) as err:
+    except (ConfigError, DataError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(proc.stdout[-2000:])

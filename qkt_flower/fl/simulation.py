@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
 from qkt_flower.data.federation import build_federation
-from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments.steps import resolve_device
 from qkt_flower.fl.checkpoint import check_resumable
 from qkt_flower.results import check_writable
@@ -56,7 +56,7 @@ def _hydra_main(dcfg: DictConfig) -> None:
         cfg = to_config(dcfg)
         check_writable(out_dir, cfg.overwrite)
         simulate(cfg, OmegaConf.to_yaml(dcfg, resolve=True), out_dir)
-    except (ConfigError, DataNotFoundError) as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"results: {out_dir / 'results.json'}")

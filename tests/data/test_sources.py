@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image
 
 from qkt_flower.data.datasets import DATASETS, ImageDataset, load_dataset
 from qkt_flower.data.sources import FASHION_MNIST_CLASSES, PATHMNIST_CLASSES
-from qkt_flower.errors import ConfigError, DataNotFoundError
+from qkt_flower.errors import ConfigError, DataError, DataNotFoundError
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -228,19 +230,19 @@ def test_read_idx_cut_off_or_fake_gzip_raises_value_error(tmp_path, rng):
         read_idx(fake)
 
 
-def test_fashion_mnist_truncated_file_raises_value_error(tmp_path, rng):
+def test_fashion_mnist_truncated_file_raises_data_error(tmp_path, rng):
     write_fashion_mnist(tmp_path, rng)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw[:-10]))
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz.*payload"):
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz.*payload"):
         load_dataset("fashion-mnist", tmp_path)
 
 
 def test_fashion_mnist_image_label_count_mismatch_raises(tmp_path, rng):
     write_fashion_mnist(tmp_path, rng)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8))  # 6 images, 5 labels
-    with pytest.raises(ValueError, match="6 images"):
+    with pytest.raises(DataError, match="6 images"):
         load_dataset("fashion-mnist", tmp_path)
 
 
@@ -500,3 +502,72 @@ U8 = torch.uint8
 def test_image_dataset_validates(images, labels, mean, message):
     with pytest.raises(ValueError, match=message):
         ImageDataset(images, labels, ("a",), mean, mean)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged or crafted files: one DataError naming the file, nothing executed
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))  # what a crafted pickle would do on load: run code
+
+
+@pytest.mark.parametrize("damage", ["cut-gz", "short-raw"])
+def test_a_damaged_fashion_mnist_file_is_one_data_error(tmp_path, rng, damage):
+    write_fashion_mnist(tmp_path, rng, gz=damage == "cut-gz")
+    name = "train-images-idx3-ubyte" + (".gz" if damage == "cut-gz" else "")
+    path = tmp_path / name
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DataError, match=name):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_a_crafted_cifar_pickle_runs_nothing_and_is_one_data_error(tmp_path, rng):
+    write_cifar10(tmp_path, rng)
+    marker = tmp_path / "code-ran"
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_3", {b"data": _RunsCode(marker), b"labels": []})
+    with pytest.raises(DataError, match="data_batch_3: not a readable CIFAR batch"):
+        load_dataset("cifar10", tmp_path)
+    assert not marker.exists()
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_3", {b"labels": [1]})  # no data key
+    with pytest.raises(DataError, match="not CIFAR batches"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_a_corrupt_image_is_one_data_error_and_a_missing_test_folder_is_said_first(tmp_path, rng):
+    write_image_folder(tmp_path, rng, {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
+    bad = next((tmp_path / "train" / "b").iterdir())
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=f"{bad.name}: not a readable image"):
+        load_dataset("imagefolder", tmp_path)
+    for f in (tmp_path / "test").rglob("*.png"):
+        f.unlink()
+    for d in sorted((tmp_path / "test").iterdir()):
+        d.rmdir()
+    (tmp_path / "test").rmdir()
+    with pytest.raises(DataNotFoundError, match="test not found"):  # before the corrupt train image is read
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_a_damaged_pathmnist_file_is_one_data_error(tmp_path, rng):
+    write_pathmnist(tmp_path, rng)
+    path = tmp_path / "pathmnist.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match="pathmnist.npz: not a readable MedMNIST file"):
+        load_dataset("pathmnist", tmp_path)
+
+
+def test_the_reference_command_says_a_damaged_file_on_one_line(tmp_path, rng):
+    write_fashion_mnist(tmp_path / "data", rng)
+    (tmp_path / "data" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00cut")
+    cmd = [sys.executable, "-m", "qkt_flower.reference", f"dataset.root={tmp_path / 'data'}",
+           f"hydra.run.dir={tmp_path / 'out'}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: "), done.stderr[-2000:]
+    assert "t10k-labels-idx1-ubyte.gz" in done.stderr and len(done.stderr.strip().splitlines()) == 1
