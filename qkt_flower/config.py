@@ -10,7 +10,7 @@ values before any data is loaded or any model trained.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -174,8 +174,27 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         raise ConfigError("overrides", list(overrides or []), str(err).splitlines()[0] + cause) from None
 
 
+def check_plain(tree, prefix: str = "") -> None:
+    """Refuse any string value that still holds an interpolation (``${...}``).
+
+    Configs travel as YAML and are parsed again by whoever receives them; a ``${...}`` left in a value (an escaped
+    one on the command line resolves to the literal text) would be resolved there, with the receiver's
+    environment: ``${oc.env:SECRET}`` in a device name would put a node's secret into its error reply.
+    """
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            check_plain(value, f"{prefix}{key}.")
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            check_plain(value, f"{prefix}{i}.")
+    elif isinstance(tree, str) and "${" in tree:
+        raise ConfigError(prefix[:-1] or "config", tree, "a plain value: no interpolation (${...}) is ever resolved "
+                          "by whoever receives a config")  # fmt: skip
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Refuse bad values with one :class:`ConfigError` naming key, value and what is allowed."""
+    check_plain(asdict(cfg))
     for group in GROUPS:
         try:
             getattr(cfg, group).check()

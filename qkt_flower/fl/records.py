@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 
 import torch
+import yaml
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from omegaconf import OmegaConf
 
-from qkt_flower.config import ExperimentConfig, to_config
+from qkt_flower.config import ExperimentConfig, check_plain, to_config
+from qkt_flower.errors import ConfigError
 
 # message types
 TRAIN = "train"
@@ -50,12 +52,21 @@ def unpack_experiment(content: RecordDict) -> ExperimentConfig:
 
 @functools.lru_cache(maxsize=8)
 def experiment_from_yaml(text: str) -> ExperimentConfig:
-    """Typed, validated config from resolved YAML.
+    """Typed, validated config from the resolved YAML a message carries, read as plain values.
 
-    Every message carries the same YAML and parsing it costs ~40 ms, which at thousands of messages is
-    most of a probe's cost: the result (never mutated) is cached per text.
+    The text is parsed by ``yaml.safe_load`` (no tags, no objects) and refused if any value holds an interpolation
+    (:func:`~qkt_flower.config.check_plain`): a node never resolves ``${...}`` with its own environment. Every
+    message carries the same YAML and parsing it costs ~40 ms, which at thousands of messages is most of a probe's
+    cost: the result (never mutated) is cached per text.
     """
-    return to_config(OmegaConf.create(text))
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("experiment", "(the message's YAML)", f"plain YAML ({type(err).__name__})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError("experiment", type(tree).__name__, "a mapping of config groups")
+    check_plain(tree)
+    return to_config(OmegaConf.create(tree))
 
 
 def pack_probe(cfg: ExperimentConfig, shape: tuple[int, ...] | None) -> ConfigRecord:
