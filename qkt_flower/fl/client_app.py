@@ -6,7 +6,9 @@ it: replies carry a model's weights (teachers only, on request), C probe scores,
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, replace
@@ -17,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.data.federation import Federation, build_federation
+from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments import federated, steps
 from qkt_flower.fl import records as R
 from qkt_flower.models import build_model
@@ -25,6 +28,40 @@ from qkt_flower.qkt.probe import probe_answer
 from qkt_flower.qkt.task import Expert
 
 app = ClientApp()
+log = logging.getLogger(__name__)
+
+
+class NodeError(RuntimeError):
+    """A node's refusal or failure as the server is told it: a short code and a message written here.
+
+    Flower puts an exception's text into the error reply; an arbitrary exception's text can hold the node's paths,
+    environment or data, so every handler is :func:`guarded` and only this text leaves the node.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+def guarded(handler):
+    """``handler`` with every failure logged in full on the node and replied as a :class:`NodeError`."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except NodeError:
+            raise
+        except ConfigError as err:  # the key and what is allowed: both come from this code, not from the node
+            raise NodeError("config", f"{err.key} refused: {err.allowed}") from None
+        except DataError as err:
+            log.error("%s: %s", handler.__name__, err)
+            raise NodeError("data", "this node's dataset files are missing or unreadable (see its log)") from None
+        except Exception as err:
+            log.exception("%s failed", handler.__name__)
+            raise NodeError("internal", f"{type(err).__name__} in {handler.__name__} (see the node's log)") from None
+
+    return wrapper
 
 
 _FEDERATION: dict[str, Federation] = {}  # one entry: the federation of the current run, per process
@@ -67,7 +104,7 @@ def partition_id(context: Context) -> int:
 def local_model(cfg: ExperimentConfig, fed: Federation, context: Context) -> torch.nn.Module:
     """The trained model of this node, rebuilt from ``context.state``."""
     if R.LOCAL_MODEL not in context.state.array_records:
-        raise RuntimeError("this node has no trained model yet: a 'train' message must come first")
+        raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
     model = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
     model.load_state_dict(R.state_dict_of(context.state.array_records[R.LOCAL_MODEL]))
     return model.eval()
@@ -79,6 +116,7 @@ def reply(msg: Message, **records) -> Message:
 
 
 @app.train()
+@guarded
 def train(msg: Message, context: Context) -> Message:
     """Step 0: train this node's model on its partition and keep it in ``context.state``.
 
@@ -121,6 +159,7 @@ def answer_probe(cfg: ExperimentConfig, fed: Federation, model: torch.nn.Module,
 
 
 @app.query("probe")
+@guarded
 def probe(msg: Message, context: Context) -> Message:
     """Answer the noise probe on its own (a node that trained without it, or ``probe.with_training=false``)."""
     cfg = experiment(msg, context)
@@ -130,21 +169,23 @@ def probe(msg: Message, context: Context) -> Message:
 
 
 @app.query("weights")
+@guarded
 def weights(msg: Message, context: Context) -> Message:
     """Send this node's weights: it was found relevant to the query."""
     if R.LOCAL_MODEL not in context.state.array_records:
-        raise RuntimeError("this node has no trained model yet")
+        raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
     return reply(msg, **{R.TEACHER_ARRAYS: context.state.array_records[R.LOCAL_MODEL]})
 
 
 @app.train("qkt")
+@guarded
 @steps.every_core()  # only this node works in this step
 def qkt(msg: Message, context: Context) -> Message:
     """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
     cfg = experiment(msg, context)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
-        raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
+        raise NodeError("role", f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
     device = steps.resolve_device(cfg.device)
     mine = local_model(cfg, fed, context)
     experts = []
@@ -196,13 +237,14 @@ def _view_metrics(prefix: str, model: torch.nn.Module, fed: Federation, device) 
 
 
 @app.train("baselines")
+@guarded
 @steps.every_core()  # only this node works in this step
 def baselines(msg: Message, context: Context) -> Message:
     """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
     cfg = experiment(msg, context)
     fed = federation(cfg)
     if partition_id(context) != fed.scenario.client:
-        raise RuntimeError(f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
+        raise NodeError("role", f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
     device = steps.resolve_device(cfg.device)
     spec = msg.content.config_records[R.BASELINE_SPEC]
     teachers = {
@@ -222,6 +264,7 @@ def baselines(msg: Message, context: Context) -> Message:
 
 
 @app.query("evaluate")
+@guarded
 @steps.every_core()  # only this node works in this step
 def evaluate_global(msg: Message, context: Context) -> Message:
     """On the querying node: test-view accuracy of a global model, and after fine-tuning it on its own data."""

@@ -48,9 +48,28 @@ def test_an_interpolation_in_a_message_is_refused_without_reading_the_environmen
         R.experiment_from_yaml(text)
     assert SECRET not in str(err.value)
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 1}, state=RecordDict(), run_config={})
-    with pytest.raises(ConfigError) as err:  # the handler refuses before it touches data or models
+    with pytest.raises(client_app.NodeError, match="^config: ") as err:  # refused before any data or model
         client_app.probe(_message(text), context)
     assert SECRET not in str(err.value)
+
+
+def test_a_failing_node_replies_a_code_not_its_paths_or_exception_text(tmp_path):
+    """Flower sends an exception's text back to the server: a node's own paths and errors stay in its log."""
+    hidden = tmp_path / "node-private-folder"
+    node = {"partition-id": 1, "data-root": str(hidden)}
+    context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+    with pytest.raises(client_app.NodeError, match="^data: ") as err:  # the node's data root does not exist
+        client_app.train(_message(_yaml()), context)
+    assert "node-private-folder" not in str(err.value)
+    with pytest.raises(client_app.NodeError, match="^state: this node has no trained model yet"):
+        client_app.weights(_message(_yaml()), context)
+    spec = RecordDict({R.EXPERIMENT: ConfigRecord({"yaml": _yaml()}), R.PROBE_SPEC: ConfigRecord({"n": "x"})})
+    broken = Message(content=spec, metadata=_message(_yaml()).metadata)
+    context.node_config.pop("data-root")
+    context.state = RecordDict()
+    with pytest.raises(client_app.NodeError, match=r"^(internal|state): ") as err:  # no raw exception text
+        client_app.probe(broken, context)
+    assert "Traceback" not in str(err.value) and "'x'" not in str(err.value)
 
 
 def test_a_yaml_tag_builds_nothing(tmp_path):
