@@ -51,10 +51,10 @@ def _split(images: np.ndarray, labels: np.ndarray, classes, stats) -> ImageDatas
     """Wrap numpy arrays (N, H, W) or (N, H, W, C) as an :class:`ImageDataset`."""
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(-1))
     try:
+        y = torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(-1))
         return ImageDataset(x, y, tuple(classes), *stats)
-    except ValueError as err:  # e.g. 6 images but 5 labels: the files do not belong together
+    except (ValueError, TypeError) as err:  # e.g. 6 images but 5 labels: the files do not belong together
         raise DataError(f"the dataset files do not fit together: {err}") from None
 
 
@@ -100,7 +100,31 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+        if name == "dtype":
+            return _plain_dtype
         return super().find_class(module, name)
+
+
+def _plain_dtype(*args) -> np.dtype:
+    """``numpy.dtype`` as a batch may use it: never one that holds Python objects.
+
+    An object array built from a file's bytes holds raw pointers, which crash the process when read.
+    """
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("an object dtype is not part of a CIFAR batch")
+    return dtype
+
+
+def _holds_objects(value) -> bool:
+    """Whether ``value`` (a batch or anything in it) holds an array of Python objects; no element is read."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.hasobject
+    if isinstance(value, dict):
+        return any(_holds_objects(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_objects(v) for v in value)
+    return False
 
 
 def _unpickle(path: Path) -> dict:
@@ -109,8 +133,8 @@ def _unpickle(path: Path) -> dict:
             out = _BatchUnpickler(fh, encoding="bytes").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as err:
         raise DataError(f"{path}: not a readable CIFAR batch ({type(err).__name__}): re-extract the archive") from None
-    if not isinstance(out, dict):
-        raise DataError(f"{path}: not a CIFAR batch (a {type(out).__name__}, not a dict): re-extract the archive")
+    if not isinstance(out, dict) or _holds_objects(out):
+        raise DataError(f"{path}: not a CIFAR batch (a dict of lists and uint8 arrays): re-extract the archive")
     return out
 
 
@@ -134,9 +158,11 @@ def _load_cifar(
     def read(files):
         parts = [_unpickle(base / f) for f in files]
         try:
+            if any(np.asarray(p[b"data"]).dtype != np.uint8 for p in parts):
+                raise ValueError("data is not uint8")
             data = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            labels = np.concatenate([np.asarray(p[label_key]) for p in parts])
-        except (KeyError, ValueError) as err:
+            labels = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
+        except (KeyError, ValueError, TypeError) as err:
             raise DataError(
                 f"{base}: {', '.join(files)} are not CIFAR batches ({err!r}): re-extract the archive"
             ) from None
@@ -252,7 +278,7 @@ def load_image_folder(root: Path, download: bool = False, image_size: int = 32) 
             try:
                 with Image.open(path) as img:
                     t = pil_to_tensor(img.convert("RGB"))
-            except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError: OSError
                 raise DataError(f"{path}: not a readable image ({type(err).__name__}): remove or replace it") from None
             if t.shape[1:] != (image_size, image_size):
                 t = resize(t, [image_size, image_size], antialias=True)

@@ -39,8 +39,11 @@ class NodeError(RuntimeError):
     """
 
     def __init__(self, code: str, message: str) -> None:
-        self.code = code
+        self.code, self.message = code, message
         super().__init__(f"{code}: {message}")
+
+    def __reduce__(self):
+        return (NodeError, (self.code, self.message))
 
 
 def guarded(handler):
@@ -53,6 +56,7 @@ def guarded(handler):
         except NodeError:
             raise
         except ConfigError as err:  # the key and what is allowed: both come from this code, not from the node
+            log.error("%s: %s", handler.__name__, err)
             raise NodeError("config", f"{err.key} refused: {err.allowed}") from None
         except DataError as err:
             log.error("%s: %s", handler.__name__, err)

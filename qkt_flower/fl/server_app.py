@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import OmegaConf
 
 from qkt_flower.config import ExperimentConfig, compose_config, to_config
+from qkt_flower.errors import ConfigError
 from qkt_flower.fl.baselines import run_baselines
 from qkt_flower.fl.checkpoint import Checkpoint
 from qkt_flower.fl.strategy import QKTStrategy
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 def config_yaml_from_run_config(run_config: dict) -> str:
     """Resolved experiment YAML from ``flwr run``'s run_config (``overrides`` = Hydra overrides)."""
     overrides = shlex.split(str(run_config.get("overrides", "")))
+    for override in overrides:  # the submitter's text: never resolved with the ServerApp's environment
+        if "${" in override:
+            raise ConfigError("overrides", override, "plain values: no interpolation (${...}) from a submitted run")
     return OmegaConf.to_yaml(compose_config(overrides), resolve=True)
 
 

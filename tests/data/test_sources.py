@@ -534,9 +534,26 @@ def test_a_crafted_cifar_pickle_runs_nothing_and_is_one_data_error(tmp_path, rng
     with pytest.raises(DataError, match="data_batch_3: not a readable CIFAR batch"):
         load_dataset("cifar10", tmp_path)
     assert not marker.exists()
-    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
     write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_3", {b"labels": [1]})  # no data key
     with pytest.raises(DataError, match="not CIFAR batches"):
+        load_dataset("cifar10", tmp_path)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_3", {b"data": cifar_rows(rng, 2), b"labels": [1, 2]})
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="test_batch: not a readable CIFAR batch"):
+        load_dataset("cifar10", tmp_path)
+
+
+class _ObjectArray:
+    """An array of Python objects whose pointers are the file's bytes: reading it would crash the process."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((1,), np.dtype("O"), b"A" * 8))
+
+
+def test_an_object_array_in_a_cifar_batch_is_refused_before_it_is_read(tmp_path, rng):
+    write_cifar10(tmp_path, rng)
+    write_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_2", {b"data": _ObjectArray(), b"labels": [0]})
+    with pytest.raises(DataError, match="data_batch_2: not a readable CIFAR batch"):
         load_dataset("cifar10", tmp_path)
 
 

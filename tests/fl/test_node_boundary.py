@@ -2,13 +2,14 @@
 environment, never builds an object from a YAML tag, and refuses both on one line (crafted messages, sent straight
 to the ClientApp's handlers)."""
 
+import pickle
 import time
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 from omegaconf import OmegaConf
 
-from qkt_flower.config import compose_config
+from qkt_flower.config import compose_config, to_config
 from qkt_flower.errors import ConfigError
 from qkt_flower.fl import client_app
 from qkt_flower.fl import records as R
@@ -63,13 +64,29 @@ def test_a_failing_node_replies_a_code_not_its_paths_or_exception_text(tmp_path)
     assert "node-private-folder" not in str(err.value)
     with pytest.raises(client_app.NodeError, match="^state: this node has no trained model yet"):
         client_app.weights(_message(_yaml()), context)
-    spec = RecordDict({R.EXPERIMENT: ConfigRecord({"yaml": _yaml()}), R.PROBE_SPEC: ConfigRecord({"n": "x"})})
-    broken = Message(content=spec, metadata=_message(_yaml()).metadata)
-    context.node_config.pop("data-root")
-    context.state = RecordDict()
-    with pytest.raises(client_app.NodeError, match=r"^(internal|state): ") as err:  # no raw exception text
-        client_app.probe(broken, context)
-    assert "Traceback" not in str(err.value) and "'x'" not in str(err.value)
+
+
+def test_an_unexpected_failure_leaves_only_its_type(caplog):
+    @client_app.guarded
+    def handler(msg, context):
+        raise ValueError(f"could not open {SECRET}/weights.pt")
+
+    with pytest.raises(client_app.NodeError, match=r"^internal: ValueError in handler \(see the node's log\)$"):
+        handler(None, None)
+    assert SECRET in caplog.text  # the node keeps the whole story in its own log
+    again = pickle.loads(pickle.dumps(client_app.NodeError("state", "no model")))
+    assert (again.code, str(again)) == ("state", "state: no model")
+
+
+def test_a_submitted_run_config_cannot_resolve_the_servers_environment(monkeypatch):
+    from qkt_flower.fl.server_app import config_yaml_from_run_config
+
+    monkeypatch.setenv("QKT_SERVER_SECRET", SECRET)
+    with pytest.raises(ConfigError, match="no interpolation") as err:
+        config_yaml_from_run_config({"overrides": "dataset.root=${oc.env:QKT_SERVER_SECRET}"})
+    assert SECRET not in str(err.value)
+    with pytest.raises(ConfigError, match="a plain value"):  # the server's own checks, on any entry point
+        to_config(compose_config(["dataset.root=\\${oc.env:QKT_SERVER_SECRET}"]))
 
 
 def test_a_yaml_tag_builds_nothing(tmp_path):
