@@ -55,16 +55,23 @@ class StrategySpec:
 
 @dataclass
 class SimulationSpec:
-    """Flower runtime: simulation size, per-client resources, and how long the server waits for nodes."""
+    """Flower runtime: simulation size, per-client resources, how long the server waits for nodes, and the network.
+
+    ``network`` (``qkt-flower``): ``auto`` runs the simulation in a network namespace of its own where the host
+    allows one (nothing it opens is reachable from another host), else on the host's network with a warning;
+    ``isolated`` refuses to run without one; ``host`` never makes one (:mod:`qkt_flower.fl.isolation`).
+    """
 
     num_supernodes: int = 10
     num_cpus: int = 1
     num_gpus: float = 0.0
     connect_timeout: float = 60.0
     reply_timeout: float = 3600.0
+    network: str = "auto"
 
     def check(self) -> None:
-        """Refuse impossible resources and timeouts."""
+        """Refuse impossible resources and timeouts, and an unknown network mode."""
+        require(self.network in ("auto", "isolated", "host"), "network", self.network, "auto, isolated or host")
         require(self.num_cpus >= 1, "num_cpus", self.num_cpus, "an integer >= 1 (CPUs per simulated client)")
         require(self.num_gpus >= 0, "num_gpus", self.num_gpus, "a float >= 0 (fractions share a GPU)")
         for key in ("connect_timeout", "reply_timeout"):

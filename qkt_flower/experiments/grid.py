@@ -24,6 +24,7 @@ from qkt_flower.qkt import calibrate, engine, evaluate, learn, terms, transfer
 from qkt_flower.qkt import method as method_spec
 from qkt_flower.qkt import task as query_task
 from qkt_flower.qkt.compose import inference_cost, initial_student
+from qkt_flower.qkt.mask import mask_quality
 from qkt_flower.qkt.terms import ce
 
 BASELINE_CODE = (
@@ -130,13 +131,23 @@ def baseline_rows(exp: Experiment, row, b: Baselines) -> list[dict]:
     return rows
 
 
+def mask_columns(exp: Experiment, cfg, info: dict) -> dict[str, float]:
+    """Mask precision / recall (percent) of a variant's masks against the true profiles; none without masks."""
+    if not info.get("masks"):
+        return {}
+    q = mask_quality(info["masks"], steps.true_profiles(cfg, exp.fed, list(info["masks"])))
+    return {"mask_precision": 100 * q["precision"], "mask_recall": 100 * q["recall"]}
+
+
 def run_cell(
     overrides: list[str], variants: dict[str, list[str]], baselines: Baselines | None, device=None, oracle=False
 ) -> list[dict]:
     """Every variant and the baselines on one (split, seed, query) cell; rows in percent.
 
-    A variant's row adds ``experts`` (teachers whose weights it fetched) and ``flops_x`` (its inference FLOPs
-    per image over the client's model: 1 unless the student composes the experts' extractors). A weight-merge
+    A variant's row adds ``experts`` (teachers whose weights it fetched), ``flops_x`` (its inference FLOPs
+    per image over the client's model: 1 unless the student composes the experts' extractors) and, for a variant
+    with teachers, ``mask_precision`` / ``mask_recall`` (its masks against the teachers' true class profiles: what
+    the server learnt of them from the probe, in percent). A weight-merge
     variant adds the row of its merged model before query learning (``"<name>: merged, before query learning"``).
 
     ``oracle``: add the pooled-data oracle row (:mod:`~qkt_flower.experiments.headroom`).
@@ -156,7 +167,7 @@ def run_cell(
         model, info = exp.learn(cfg)
         cost = inference_cost(model, exp.models[exp.client], tuple(exp.fed.train.input_shape))
         experts = 0 if info["selection"] is None else len(info["selection"].relevant)
-        rows.append({**row(name, model), "experts": experts, "flops_x": cost["flops"]})
+        rows.append({**row(name, model), "experts": experts, "flops_x": cost["flops"], **mask_columns(exp, cfg, info)})
     if baselines is not None:
         rows += baseline_rows(exp, row, baselines)
     if oracle:

@@ -60,7 +60,7 @@ class Experiment:
         if key not in self._answers:
             scores, rejected = {}, {}
             for k in self.teachers:
-                reply = steps.answer_probe(cfg, self.models[k], self.fed.train.input_shape, self.device)
+                reply = steps.answer_probe(cfg, self.models[k], self.fed.train.input_shape, self.device, k)
                 reason = check_probe_reply(reply, self.fed.train.num_classes)
                 if reason is None:
                     scores[k] = reply

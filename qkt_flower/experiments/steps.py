@@ -26,7 +26,7 @@ from qkt_flower.qkt.learn import query_learning
 from qkt_flower.qkt.local import train_local
 from qkt_flower.qkt.mask import ExpertSelection, select_experts
 from qkt_flower.qkt.method import MethodSpec
-from qkt_flower.qkt.probe import probe_answer
+from qkt_flower.qkt.probe import add_reply_noise, probe_answer
 from qkt_flower.qkt.task import Expert, QueryTask
 
 
@@ -202,12 +202,17 @@ def samples_to_train(cfg, fed: Federation, client: int) -> int:
     return 0 if cache is not None and cache.is_file() else cfg.local.epochs * len(fed.scenario.partitions[client])
 
 
-def answer_probe(cfg, model: nn.Module, input_shape: tuple[int, ...], device) -> torch.Tensor:
-    """A teacher's probe reply: mean softmax over the noise regenerated from the probe's seed."""
+def answer_probe(cfg, model: nn.Module, input_shape: tuple[int, ...], device, client: int) -> torch.Tensor:
+    """Teacher ``client``'s probe reply: mean softmax over the noise regenerated from the probe's seed.
+
+    With ``strategy.probe.reply_noise`` the teacher's noise is added as a simulated node adds it (seeded by the
+    run's seed and the client), so the reference runner and a simulation answer the same.
+    """
     p = cfg.strategy.probe
-    return probe_answer(
+    scores = probe_answer(
         model, tuple(input_shape), p.n, p.seed, p.kind, p.temperature, p.standardize, p.batch_size, device
     )
+    return add_reply_noise(scores, p.reply_noise, (cfg.seed, client)) if p.reply_noise > 0 else scores
 
 
 def true_profiles(cfg, fed: Federation, clients) -> dict[int, torch.Tensor]:

@@ -107,7 +107,7 @@ def run_federated(qkt: QKTStrategy, grid: Grid, name: str) -> dict:
         }
         return MetricRecord(metrics)
 
-    train_config = ConfigRecord({R.FL_EXPERIMENT: qkt.cfg_yaml})
+    train_config = ConfigRecord({R.FL_EXPERIMENT: qkt.node_yaml})
     start = time.perf_counter()
     strategy.start(grid, initial, num_rounds=b.rounds, timeout=qkt.timeout, train_config=train_config,
                    evaluate_fn=evaluate_fn)  # fmt: skip

@@ -5,8 +5,9 @@ that do not change results: ``resume``, ``overwrite``, ``progress``, ``device``,
 ``partition_cache``) and of the package's code, so that re-running the same command finds it whatever Hydra's
 timestamped output folder is, and a code change starts afresh. It holds ``steps.json`` (that config and code
 fingerprint, and the server's view of each finished step: training replies, probe scores, QKT metrics,
-baselines) and ``local_models/`` (every node's trained model: the nodes write it there through
-``local.cache_dir``; in a deployment each node writes that path on its own disk). ``resume=true`` refuses a
+baselines) and, in simulation, ``local_models/`` (every simulated node's trained model: the simulation runtime
+gives its nodes that folder as their cache; a deployed node keeps its models where its own ``cache-dir`` says,
+:mod:`qkt_flower.fl.node`). ``resume=true`` refuses a
 ``steps.json`` that is corrupt, or was written for another config or by other code, on one line.
 """
 
@@ -48,10 +49,26 @@ def result_config(cfg_yaml: str) -> dict:
     return tree  # type: ignore[return-value]
 
 
-def config_hash(cfg_yaml: str) -> str:
-    """Hash of the result-shaping config and of the code: the name of the experiment's checkpoint folder."""
-    parts = {"config": result_config(cfg_yaml), "code": code_fingerprint()}
+def header(cfg_yaml: str) -> dict:
+    """What a checkpoint belongs to: the result-shaping config and the code fingerprint."""
+    return {"config": result_config(cfg_yaml), "code": code_fingerprint()}
+
+
+def config_hash(cfg_yaml: str | dict) -> str:
+    """Hash of the result-shaping config and of the code (a YAML text or its :func:`header`): the folder's name."""
+    parts = header(cfg_yaml) if isinstance(cfg_yaml, str) else cfg_yaml
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def folder_of(root: str | Path | None, cfg_yaml: str | dict) -> Path | None:
+    """The experiment's checkpoint folder under ``root`` (``None`` without a root)."""
+    return Path(root).expanduser().resolve() / config_hash(cfg_yaml) if root else None
+
+
+def local_models_dir(root: str | Path | None, cfg_yaml: str) -> str | None:
+    """Where the simulated nodes of this experiment keep their trained models (``None`` without a root)."""
+    folder = folder_of(root, cfg_yaml)
+    return str(folder / "local_models") if folder else None
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -62,7 +79,7 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix[:-1]}: {saved!r} there, {current!r} here"]
 
 
-def read_steps(path: Path, cfg_yaml: str) -> dict[str, Any]:
+def read_steps(path: Path, cfg_yaml: str | dict) -> dict[str, Any]:
     """The finished steps in ``path``, refused (:class:`ConfigError` on ``resume``) unless they are this run's.
 
     A checkpoint holds the config and code fingerprint it was written under; a file that is not JSON, has another
@@ -78,9 +95,10 @@ def read_steps(path: Path, cfg_yaml: str) -> dict[str, Any]:
         raise refuse(f"cannot be read ({type(err).__name__})") from None
     if not (isinstance(saved, dict) and {"config", "code", "steps"} <= set(saved) and isinstance(saved["steps"], dict)):
         raise refuse("is not a checkpoint (no config, code and steps)")
-    if saved["code"] != code_fingerprint():
+    mine = header(cfg_yaml) if isinstance(cfg_yaml, str) else cfg_yaml
+    if saved["code"] != mine["code"]:
         raise refuse("was written by another version of the code")
-    diff = _differences(saved["config"], result_config(cfg_yaml))
+    diff = _differences(saved["config"], mine["config"])
     if diff:
         raise refuse(f"belongs to another config ({'; '.join(diff[:3])})")
     return saved["steps"]
@@ -89,9 +107,10 @@ def read_steps(path: Path, cfg_yaml: str) -> dict[str, Any]:
 def check_resumable(root: str | Path | None, cfg_yaml: str, resume: bool) -> None:
     """Refuse, before any work, a ``resume`` from a checkpoint that is not this run's (:func:`read_steps`)."""
     if root and resume:
-        path = Path(root).expanduser().resolve() / config_hash(cfg_yaml) / "steps.json"
+        mine = header(cfg_yaml)
+        path = folder_of(root, mine) / "steps.json"
         if path.is_file():
-            read_steps(path, cfg_yaml)
+            read_steps(path, mine)
 
 
 class Checkpoint:
@@ -102,23 +121,18 @@ class Checkpoint:
     """
 
     def __init__(self, root: str | Path | None, cfg_yaml: str, resume: bool) -> None:
-        self.folder = Path(root).expanduser().resolve() / config_hash(cfg_yaml) if root else None
+        self._header = header(cfg_yaml)  # parsed once: it names the folder and is checked against steps.json
+        self.folder = folder_of(root, self._header)
         self.steps: dict[str, Any] = {}
-        self._header = {"config": result_config(cfg_yaml), "code": code_fingerprint()}
         if self.folder is None:
             return
         path = self.folder / "steps.json"
         if resume and path.is_file():
-            self.steps = read_steps(path, cfg_yaml)
+            self.steps = read_steps(path, self._header)
             log.info("resuming from %s: finished steps %s", self.folder, sorted(self.steps))
         elif not resume and self.folder.exists():
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def local_models(self) -> str | None:
-        """Folder the nodes keep their trained models in (``local.cache_dir``)."""
-        return str(self.folder / "local_models") if self.folder else None
 
     def get(self, step: str) -> Any | None:
         """What a finished ``step`` left, or ``None``."""

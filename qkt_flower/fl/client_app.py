@@ -2,6 +2,8 @@
 
 A node's trained model lives in ``context.state`` (not in module globals). Its raw data never leaves
 it: replies carry a model's weights (teachers only, on request), C probe scores, or aggregate metrics.
+A message says what to run; the node decides where its files are and how much work it accepts
+(:mod:`qkt_flower.fl.node`): its paths never come from a message.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -22,12 +24,12 @@ from qkt_flower.data.federation import Federation, build_federation
 from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments import federated, steps
 from qkt_flower.fl import records as R
+from qkt_flower.fl.node import LimitError, NodeSettings
 from qkt_flower.models import build_model
 from qkt_flower.qkt.evaluate import evaluate_view
-from qkt_flower.qkt.probe import probe_answer
+from qkt_flower.qkt.probe import add_reply_noise, check_weights, probe_answer
 from qkt_flower.qkt.task import Expert
 
-app = ClientApp()
 log = logging.getLogger(__name__)
 
 
@@ -50,11 +52,14 @@ def guarded(handler):
     """``handler`` with every failure logged in full on the node and replied as a :class:`NodeError`."""
 
     @functools.wraps(handler)
-    def wrapper(msg: Message, context: Context) -> Message:
+    def wrapper(msg: Message, context: Context, *args) -> Message:
         try:
-            return handler(msg, context)
+            return handler(msg, context, *args)
         except NodeError:
             raise
+        except LimitError as err:  # the message's own values against the node's limits
+            log.error("%s: %s", handler.__name__, err)
+            raise NodeError("limit", str(err)) from None
         except ConfigError as err:  # the key and what is allowed: both come from this code, not from the node
             log.error("%s: %s", handler.__name__, err)
             raise NodeError("config", f"{err.key} refused: {err.allowed}") from None
@@ -83,21 +88,14 @@ def federation(cfg: ExperimentConfig) -> Federation:
     return _FEDERATION[key]
 
 
-def on_this_node(cfg: ExperimentConfig, context: Context) -> ExperimentConfig:
-    """The experiment as this node runs it: ``data-root`` in its node config points at its copy of the dataset.
-
-    In deployment every SuperNode keeps its data on its own disk (``--node-config 'data-root="/data"'``),
-    wherever that is; in simulation the node config has no such key and ``dataset.root`` holds.
-    """
-    root = context.node_config.get("data-root")
-    if root is None or str(root) == cfg.dataset.root:
-        return cfg
-    return replace(cfg, dataset=replace(cfg.dataset, root=str(root)))  # the parsed config is shared: copy
+def settings(context: Context, defaults: NodeSettings | None = None) -> NodeSettings:
+    """The node's settings: its node config over ``defaults`` (the app's, else ``QKT_NODE_CONFIG``, else built in)."""
+    return NodeSettings.from_node_config(context.node_config, defaults or NodeSettings.from_environment())
 
 
-def experiment(msg: Message, context: Context) -> ExperimentConfig:
-    """The experiment a message carries, as this node runs it."""
-    return on_this_node(R.unpack_experiment(msg.content), context)
+def experiment(msg: Message, context: Context, defaults: NodeSettings | None = None) -> ExperimentConfig:
+    """The experiment a message carries, as this node runs it: its own paths, within its limits."""
+    return settings(context, defaults).run(R.unpack_experiment(msg.content))
 
 
 def partition_id(context: Context) -> int:
@@ -109,9 +107,19 @@ def local_model(cfg: ExperimentConfig, fed: Federation, context: Context) -> tor
     """The trained model of this node, rebuilt from ``context.state``."""
     if R.LOCAL_MODEL not in context.state.array_records:
         raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
-    model = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
-    model.load_state_dict(R.state_dict_of(context.state.array_records[R.LOCAL_MODEL]))
-    return model.eval()
+    return _model_from(cfg, fed, context.state.array_records[R.LOCAL_MODEL], "this node's trained model")
+
+
+def check_model_size(cfg: ExperimentConfig, fed: Federation, node: NodeSettings) -> None:
+    """Refuse a model over the node's ``max-parameters`` before training it."""
+    node.check_model(model_parameters(cfg.model.name, tuple(fed.train.input_shape), fed.train.num_classes),
+                     cfg.model.name)  # fmt: skip
+
+
+@functools.cache
+def model_parameters(name: str, shape: tuple[int, ...], num_classes: int) -> int:
+    """Parameters of model ``name`` for this input shape and label space."""
+    return sum(p.numel() for p in build_model(name, shape, num_classes, seed=0).parameters())
 
 
 def reply(msg: Message, **records) -> Message:
@@ -119,84 +127,108 @@ def reply(msg: Message, **records) -> Message:
     return Message(content=RecordDict(records), reply_to=msg)
 
 
-@app.train()
 @guarded
-def train(msg: Message, context: Context) -> Message:
+def train(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """Step 0: train this node's model on its partition and keep it in ``context.state``.
 
     A message from Flower's FedAvg/FedProx (global ``arrays`` + ``config``) is a federated round instead.
     """
+    node = settings(context, defaults)
     if R.FL_ARRAYS in msg.content.array_records:
-        return federated_round(msg, context)
+        return federated_round(msg, context, node)
     entered = time.time()  # wall clock: the server places this node's work on its own timeline (same machine)
-    cfg = experiment(msg, context)
+    cfg = node.run(R.unpack_experiment(msg.content))
     fed = federation(cfg)
+    check_model_size(cfg, fed, node)
     k = partition_id(context)
     n = len(fed.scenario.partitions[k])
     samples, start = steps.samples_to_train(cfg, fed, k), time.perf_counter()
     model = steps.train_client(cfg, fed, k, steps.resolve_device(cfg.device))
     seconds = time.perf_counter() - start
     records = {}
-    if R.PROBE_SPEC in msg.content.config_records and k != fed.scenario.client:  # the probe, answered right away
-        records[R.PROBE_SCORES] = answer_probe(cfg, fed, model.eval(), msg.content.config_records[R.PROBE_SPEC])
+    probed = R.PROBE_SPEC in msg.content.config_records and k != fed.scenario.client
+    if probed and node.probe:  # the probe, answered right away
+        spec = msg.content.config_records[R.PROBE_SPEC]
+        records[R.PROBE_SCORES] = answer_probe(cfg, fed, model.eval(), spec, node, k)
     context.state[R.LOCAL_MODEL] = ArrayRecord(model.cpu().state_dict())
     metrics = {"num-examples": n, "client": k, "train-seconds": seconds, "train-samples": samples,
-               "handler-start": entered, "handler-end": time.time(), "pid": os.getpid()}  # fmt: skip
+               "handler-start": entered, "handler-end": time.time(), "pid": os.getpid(),
+               "answers-probe": int(node.probe)}  # fmt: skip
     if k == fed.scenario.client:  # the querying node announces its query (the server holds no data)
         metrics.update({"query-classes": list(fed.scenario.query_classes), "num-classes": fed.train.num_classes,
                         "input-shape": list(fed.train.input_shape)})  # fmt: skip
     return reply(msg, **{R.METRICS: MetricRecord(metrics)}, **records)
 
 
-def answer_probe(cfg: ExperimentConfig, fed: Federation, model: torch.nn.Module, spec) -> MetricRecord:
+def answer_probe(cfg: ExperimentConfig, fed: Federation, model: torch.nn.Module, spec, node: NodeSettings,
+                 client: int) -> MetricRecord:  # fmt: skip
     """The probe answer of this node: its mean softmax over the noise regenerated from ``spec`` (C floats).
 
-    An empty ``shape`` in the spec (a probe sent with the training message) means this node's input shape.
+    An empty ``shape`` in the spec (a probe sent with the training message) means this node's input shape; any
+    other shape must be it. With ``reply_noise`` > 0 the node adds Gaussian noise of that scale to its scores
+    (from its ``noise-seed``, else fresh randomness), so its answer reveals less of its class profile.
     """
+    if not node.probe:
+        raise NodeError("refused", "this node does not answer the noise probe (its node config)")
     start = time.perf_counter()
-    shape = tuple(int(v) for v in spec["shape"]) or tuple(fed.train.input_shape)
+    probe = R.unpack_probe(spec)
+    shape = probe["shape"] or tuple(fed.train.input_shape)
+    if shape != tuple(fed.train.input_shape):
+        raise LimitError(f"a probe of shape {list(shape)} is not this node's input shape {fed.train.input_shape}")
+    node.check_probe_n(probe["n"])
     batch_size = cfg.strategy.probe.batch_size  # local compute, not part of the probe's wire spec
-    scores = probe_answer(model, shape, int(spec["n"]), int(spec["seed"]), str(spec["kind"]),
-                          float(spec["temperature"]), bool(spec["standardize"]), batch_size,
-                          steps.resolve_device(cfg.device))  # fmt: skip
+    scores = probe_answer(model, shape, probe["n"], probe["seed"], probe["kind"], probe["temperature"],
+                          probe["standardize"], batch_size, steps.resolve_device(cfg.device))  # fmt: skip
+    if probe["reply_noise"] > 0:
+        seed = None if node.noise_seed is None else (node.noise_seed, client)
+        scores = add_reply_noise(scores, probe["reply_noise"], seed)
     return R.pack_probe_reply(scores, shape, time.perf_counter() - start)
 
 
-@app.query("probe")
 @guarded
-def probe(msg: Message, context: Context) -> Message:
+def probe(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """Answer the noise probe on its own (a node that trained without it, or ``probe.with_training=false``)."""
-    cfg = experiment(msg, context)
+    node = settings(context, defaults)
+    if not node.probe:  # before reading anything of the message
+        raise NodeError("refused", "this node does not answer the noise probe (its node config)")
+    cfg = node.run(R.unpack_experiment(msg.content))
     fed = federation(cfg)
-    record = answer_probe(cfg, fed, local_model(cfg, fed, context), msg.content.config_records[R.PROBE_SPEC])
+    model = local_model(cfg, fed, context)
+    record = answer_probe(cfg, fed, model, msg.content.config_records[R.PROBE_SPEC], node, partition_id(context))
     return reply(msg, **{R.PROBE_SCORES: record})
 
 
-@app.query("weights")
 @guarded
-def weights(msg: Message, context: Context) -> Message:
+def weights(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """Send this node's weights: it was found relevant to the query."""
     if R.LOCAL_MODEL not in context.state.array_records:
         raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
     return reply(msg, **{R.TEACHER_ARRAYS: context.state.array_records[R.LOCAL_MODEL]})
 
 
-@app.train("qkt")
-@guarded
-@steps.every_core()  # only this node works in this step
-def qkt(msg: Message, context: Context) -> Message:
-    """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
-    cfg = experiment(msg, context)
-    fed = federation(cfg)
+def querying_node(cfg: ExperimentConfig, fed: Federation, context: Context) -> None:
+    """Refuse a step that only the querying node runs."""
     if partition_id(context) != fed.scenario.client:
         raise NodeError("role", f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
+
+
+@guarded
+@steps.every_core()  # only this node works in this step
+def qkt(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
+    """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
+    cfg = experiment(msg, context, defaults)
+    fed = federation(cfg)
+    querying_node(cfg, fed, context)
     device = steps.resolve_device(cfg.device)
     mine = local_model(cfg, fed, context)
-    experts = []
+    experts, classes = [], range(fed.train.num_classes)
     for k, (query, known) in R.unpack_masks(msg.content.config_records[R.EXPERT_MASKS]).items():
-        teacher = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
-        teacher.load_state_dict(R.state_dict_of(msg.content.array_records[f"{R.EXPERT_ARRAYS}{k}"]))
-        experts.append(Expert(teacher.eval(), query, known))
+        if not set(query) <= set(fed.scenario.query_classes) or not set(known) <= set(classes):
+            raise NodeError("config", f"expert {k}'s mask names classes outside the query / the label space")
+        record = msg.content.array_records.get(f"{R.EXPERT_ARRAYS}{k}")
+        if record is None:
+            raise NodeError("config", f"expert {k} has a mask but no weights in the message")
+        experts.append(Expert(_model_from(cfg, fed, record, f"expert {k}'s weights"), query, known))
     student, info = steps.learn_query(cfg, fed, mine, experts, device)
     view = fed.test_view()
     s = fed.scenario
@@ -212,19 +244,28 @@ def qkt(msg: Message, context: Context) -> Message:
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 
 
-def _model_from(cfg: ExperimentConfig, fed: Federation, record: ArrayRecord) -> torch.nn.Module:
+def _model_from(cfg: ExperimentConfig, fed: Federation, record: ArrayRecord, what: str = "a model") -> torch.nn.Module:
+    """The agreed model with ``record``'s weights; weights of another shape or with NaN are refused."""
     model = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
-    model.load_state_dict(R.state_dict_of(record))
+    try:
+        state = R.state_dict_of(record)
+    except (ValueError, TypeError, RuntimeError):
+        raise NodeError("config", f"{what}: arrays that do not decode") from None
+    reason = check_weights(state, {k: v.shape for k, v in model.state_dict().items()})
+    if reason is not None:
+        raise NodeError("config", f"{what}: {reason}")
+    model.load_state_dict(state)
     return model.eval()
 
 
-def federated_round(msg: Message, context: Context) -> Message:
+def federated_round(msg: Message, context: Context, node: NodeSettings) -> Message:
     """A FedAvg (or FedProx, with ``proximal-mu`` in the config) round: train the global model on this partition."""
     config = msg.content.config_records[R.FL_CONFIG]
-    cfg = on_this_node(R.experiment_from_yaml(str(config[R.FL_EXPERIMENT])), context)
+    cfg = node.run(R.experiment_from_yaml(str(config[R.FL_EXPERIMENT])))
     fed = federation(cfg)
+    check_model_size(cfg, fed, node)
     k = partition_id(context)
-    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])
+    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS], "the global model")
     mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
     model = federated.federated_round(
         cfg, fed, k, model, int(config["server-round"]), mu, steps.resolve_device(cfg.device)
@@ -240,19 +281,17 @@ def _view_metrics(prefix: str, model: torch.nn.Module, fed: Federation, device) 
     )
 
 
-@app.train("baselines")
 @guarded
 @steps.every_core()  # only this node works in this step
-def baselines(msg: Message, context: Context) -> Message:
+def baselines(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
-    cfg = experiment(msg, context)
+    cfg = experiment(msg, context, defaults)
     fed = federation(cfg)
-    if partition_id(context) != fed.scenario.client:
-        raise NodeError("role", f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
+    querying_node(cfg, fed, context)
     device = steps.resolve_device(cfg.device)
     spec = msg.content.config_records[R.BASELINE_SPEC]
     teachers = {
-        int(key.removeprefix(R.TEACHER_PREFIX)): _model_from(cfg, fed, record)
+        int(key.removeprefix(R.TEACHER_PREFIX)): _model_from(cfg, fed, record, f"teacher {key}")
         for key, record in msg.content.array_records.items()
         if key.startswith(R.TEACHER_PREFIX)
     }
@@ -267,16 +306,45 @@ def baselines(msg: Message, context: Context) -> Message:
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 
 
-@app.query("evaluate")
 @guarded
 @steps.every_core()  # only this node works in this step
-def evaluate_global(msg: Message, context: Context) -> Message:
+def evaluate_global(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """On the querying node: test-view accuracy of a global model, and after fine-tuning it on its own data."""
-    cfg = experiment(msg, context)
+    cfg = experiment(msg, context, defaults)
     fed = federation(cfg)
     device = steps.resolve_device(cfg.device)
-    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS])
+    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS], "the global model")
     metrics = _view_metrics("global", model, fed, device)
     if cfg.baselines.finetune:
         metrics.update(_view_metrics("finetuned", steps.control_model(cfg, fed, model, device), fed, device))
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
+
+
+HANDLERS = {
+    ("train", None): train, ("query", "probe"): probe, ("query", "weights"): weights, ("train", "qkt"): qkt,
+    ("train", "baselines"): baselines, ("query", "evaluate"): evaluate_global,
+}  # fmt: skip
+
+
+def make_client_app(defaults: NodeSettings | None = None) -> ClientApp:
+    """The QKT ClientApp; ``defaults``: the nodes' settings where their node config is silent.
+
+    A deployed node gets the module's ``app`` (built-in defaults, or ``QKT_NODE_CONFIG`` in its environment);
+    the simulation runtime builds one with the user's paths (:func:`~qkt_flower.fl.node.simulation_defaults`).
+    """
+    client = ClientApp()
+    for (kind, action), handler in HANDLERS.items():
+        register = getattr(client, kind)(action) if action else getattr(client, kind)()
+        register(_bind(handler, defaults))
+    return client
+
+
+def _bind(handler, defaults: NodeSettings | None):
+    @functools.wraps(handler)
+    def call(msg: Message, context: Context) -> Message:
+        return handler(msg, context, defaults)
+
+    return call
+
+
+app = make_client_app()

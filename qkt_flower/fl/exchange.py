@@ -19,6 +19,7 @@ class Exchange:
 
     def __init__(self, cfg: ExperimentConfig, cfg_yaml: str, timeout: float, connect_timeout: float) -> None:
         self.cfg, self.cfg_yaml, self.timeout, self.connect_timeout = cfg, cfg_yaml, timeout, connect_timeout
+        self.node_yaml = R.node_view(cfg_yaml)  # what travels: no server path, no checkpoint key
         self.bytes: dict[str, dict[str, int]] = {"sent": {}, "received": {}}
         self.dropped: dict[str, str] = {}  # client id (or node id before training) -> reason
         self.seconds: dict[str, float] = {}
@@ -55,7 +56,7 @@ class Exchange:
         self.dropped[str(who)] = f"{step}: {reason}"
 
     def _message(self, node_id: int, message_type: str, **records) -> Message:
-        content = RecordDict({R.EXPERIMENT: R.pack_experiment(self.cfg_yaml), **records})
+        content = RecordDict({R.EXPERIMENT: R.pack_experiment(self.node_yaml), **records})
         return Message(content=content, dst_node_id=node_id, message_type=message_type)
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:

@@ -20,8 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.data.federation import build_federation
+from qkt_flower.fl.checkpoint import local_models_dir
+from qkt_flower.fl.node import ENV as NODE_ENV
+from qkt_flower.fl.node import NodeSettings, simulation_defaults
 from qkt_flower.fl.processes import stop_trees
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -34,10 +39,17 @@ OFFLINE_ENV = {
 }
 
 
-def flwr_env(home: Path) -> dict[str, str]:
-    """Environment for the ``flwr`` CLI: offline switches and ``FLWR_HOME``."""
+def flwr_env(home: Path, node: NodeSettings | None = None) -> dict[str, str]:
+    """Environment for the ``flwr`` CLI: offline switches, ``FLWR_HOME`` and (``node``) the simulated nodes' settings.
+
+    ``flwr run`` passes the simulated nodes no node config of ours: they read their paths from ``QKT_NODE_CONFIG``,
+    which the SuperLink it starts (and every process under it) inherits.
+    """
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # flower-superlink
-    return {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home), "PATH": path}
+    env = {**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(home), "PATH": path}
+    if node is not None:
+        env[NODE_ENV] = node.as_node_config()
+    return env
 
 
 def write_local_connection(home: Path) -> None:
@@ -90,7 +102,8 @@ def flwr_run_simulation(
 
     Raises ``RuntimeError`` if the run did not finish as completed. The SuperLink is stopped in every case.
     """
-    cfg = to_config(compose_config(overrides))
+    dcfg = compose_config(overrides)
+    cfg = to_config(dcfg)
     # refuses bad config values and query scenarios before any process starts
     build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     home = Path(home or tempfile.mkdtemp(prefix="flwr-home-"))
@@ -103,7 +116,8 @@ def flwr_run_simulation(
     cmd = [flwr_bin(), "run", str(PROJECT_DIR), "local", "--stream", "--run-config", run_config,
            "--federation-config", federation]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, env=flwr_env(home), timeout=timeout, text=True, capture_output=True)
+        nodes = simulation_defaults(cfg, local_models_dir(cfg.checkpoint_dir, OmegaConf.to_yaml(dcfg, resolve=True)))
+        proc = subprocess.run(cmd, env=flwr_env(home, nodes), timeout=timeout, text=True, capture_output=True)
         status = last_run_status(home)
     finally:
         stop_superlink(home)

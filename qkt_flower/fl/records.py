@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from qkt_flower.config import ExperimentConfig, check_plain, to_config
 from qkt_flower.errors import ConfigError
+from qkt_flower.qkt.probe import ProbeSpec
 
 # message types
 TRAIN = "train"
@@ -38,6 +39,23 @@ TEACHER_PREFIX = "teacher-arrays."  # prefix + client id, in the train.baselines
 BASELINE_SPEC = "baselines"  # ConfigRecord {"methods": [..], "<id>.size": n} (sizes from the train replies)
 # Flower's FedAvg/FedProx messages: {"arrays": ArrayRecord, "config": ConfigRecord}; the experiment rides along
 FL_ARRAYS, FL_CONFIG, FL_EXPERIMENT = "arrays", "config", "experiment-yaml"
+
+
+SERVER_ONLY = ("checkpoint_dir", "resume", "overwrite", "partition_cache", "simulation")  # and the paths below
+
+
+def node_view(cfg_yaml: str) -> str:
+    """The experiment as the nodes get it: what to run, without the server's own keys and paths.
+
+    A node takes its data root and caches from its own settings (:mod:`qkt_flower.fl.node`), so the server's
+    ``dataset.root``, ``local.cache_dir`` and checkpoint keys never travel.
+    """
+    tree = yaml.safe_load(cfg_yaml)
+    for key in SERVER_ONLY:
+        tree.pop(key, None)
+    tree.get("dataset", {}).pop("root", None)
+    tree.get("local", {}).pop("cache_dir", None)
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def pack_experiment(cfg_yaml: str) -> ConfigRecord:
@@ -78,8 +96,34 @@ def pack_probe(cfg: ExperimentConfig, shape: tuple[int, ...] | None) -> ConfigRe
     p = cfg.strategy.probe
     return ConfigRecord(
         {"seed": p.seed, "shape": list(shape or ()), "n": p.n, "kind": p.kind, "temperature": p.temperature,
-         "standardize": p.standardize}
+         "standardize": p.standardize, "reply_noise": p.reply_noise}
     )  # fmt: skip
+
+
+PROBE_FIELDS = {"seed": int, "n": int, "kind": str, "temperature": float, "standardize": bool}
+
+
+def unpack_probe(record: ConfigRecord) -> dict:
+    """A probe spec as typed values, checked as the server's config is (:class:`ConfigError` naming the key)."""
+    out = {}
+    for key, kind in PROBE_FIELDS.items():
+        value = record.get(key)
+        if value is None or (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind | int):
+            raise ConfigError(f"probe.{key}", type(value).__name__, f"a {kind.__name__} in the probe spec")
+        out[key] = kind(value)
+    shape = record.get("shape", [])
+    if not isinstance(shape, list) or len(shape) > 3 or not all(isinstance(v, int) and v >= 1 for v in shape):
+        raise ConfigError("probe.shape", type(shape).__name__, "up to three positive integers (C, H, W)")
+    out["shape"] = tuple(shape)
+    noise = record.get("reply_noise", 0.0)
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
+        raise ConfigError("probe.reply_noise", type(noise).__name__, "a float >= 0")
+    out["reply_noise"] = float(noise)
+    try:
+        ProbeSpec(n=out["n"], kind=out["kind"], temperature=out["temperature"]).check()
+    except ConfigError as err:
+        raise err.under("probe") from None
+    return out
 
 
 def pack_probe_reply(scores: torch.Tensor, shape: tuple[int, ...], seconds: float) -> MetricRecord:

@@ -37,15 +37,6 @@ def config_yaml_from_run_config(run_config: dict) -> str:
     return OmegaConf.to_yaml(compose_config(overrides), resolve=True)
 
 
-def with_local_models(cfg_yaml: str, checkpoint: Checkpoint) -> str:
-    """The config the nodes get: unless ``local.cache_dir`` is set, they keep their models in the checkpoint."""
-    tree = OmegaConf.create(cfg_yaml)
-    if checkpoint.local_models is None or tree.local.cache_dir:
-        return cfg_yaml
-    tree.local.cache_dir = checkpoint.local_models
-    return OmegaConf.to_yaml(tree, resolve=True)
-
-
 def run_experiment(cfg: ExperimentConfig, cfg_yaml: str, grid: Grid, checkpoint: Checkpoint) -> dict:
     """QKT, then the configured baselines, over ``grid``; the results dictionary."""
     start = time.perf_counter()
@@ -92,8 +83,7 @@ def make_server_app(cfg_yaml: str | None = None, out_dir: str | Path | None = No
         if checkpoint.get("results") is not None:  # every step finished before: nothing to send
             results = {**checkpoint.get("results"), "resumed": ["all"]}
         else:
-            yaml = with_local_models(yaml, checkpoint)
-            results = run_experiment(to_config(OmegaConf.create(yaml)), yaml, grid, checkpoint)
+            results = run_experiment(cfg, yaml, grid, checkpoint)
             checkpoint.put("results", results)
         path = save_results(folder, results, OmegaConf.create(yaml), overwrite=cfg.overwrite)
         log.info("QKT results: %s", path)

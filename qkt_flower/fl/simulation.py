@@ -14,7 +14,8 @@ from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
 from qkt_flower.data.federation import build_federation
 from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments.steps import resolve_device
-from qkt_flower.fl.checkpoint import check_resumable
+from qkt_flower.fl import isolation
+from qkt_flower.fl.checkpoint import check_resumable, local_models_dir
 from qkt_flower.results import check_writable
 
 
@@ -25,7 +26,8 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB logs its setup at INFO
     from flwr.simulation import run_simulation
 
-    from qkt_flower.fl.client_app import app as client_app
+    from qkt_flower.fl.client_app import make_client_app
+    from qkt_flower.fl.node import simulation_defaults
     from qkt_flower.fl.server_app import make_server_app
 
     if cfg.simulation.num_supernodes != cfg.partition.num_clients:
@@ -42,9 +44,27 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
         "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
         "init_args": {"include_dashboard": False, "num_cpus": max(os.cpu_count() or 1, 1)},
     }
-    run_simulation(
-        make_server_app(cfg_yaml, out_dir), client_app, cfg.simulation.num_supernodes, backend_config=backend
+    # the user runs every simulated node: the user's paths are theirs (a deployed node keeps its own)
+    nodes = make_client_app(simulation_defaults(cfg, local_models_dir(cfg.checkpoint_dir, cfg_yaml)))
+    run_simulation(make_server_app(cfg_yaml, out_dir), nodes, cfg.simulation.num_supernodes, backend_config=backend)
+
+
+def isolate(network: str) -> bool:
+    """Whether to re-run in a network namespace (``simulation.network``).
+
+    ``isolated`` where none can be made is refused; ``auto`` goes on with a warning.
+    """
+    if network == "host" or isolation.inside():
+        return False
+    if isolation.available():
+        return True
+    if network == "isolated":
+        why = "no unprivileged network namespace (unshare --user --net) here: Ray's servers would listen everywhere"
+        raise ConfigError("simulation.network", network, f"auto or host ({why})")
+    logging.getLogger(__name__).warning(
+        "no network namespace on this host: Ray's servers listen on every interface during the simulation"
     )
+    return False
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
@@ -55,6 +75,15 @@ def _hydra_main(dcfg: DictConfig) -> None:
     try:
         cfg = to_config(dcfg)
         check_writable(out_dir, cfg.overwrite)
+        if isolate(cfg.simulation.network):  # the same job, in a network namespace of its own
+            rc = isolation.rerun(
+                "qkt_flower.fl.simulation", [*HydraConfig.get().overrides.task, f"hydra.run.dir={out_dir}"]
+            )
+            if rc:
+                sys.exit(rc)
+            return
+        if isolation.inside():
+            isolation.loopback_up()
         simulate(cfg, OmegaConf.to_yaml(dcfg, resolve=True), out_dir)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -61,6 +61,7 @@ class QKTStrategy(Exchange):
         self.expected_shapes: dict[str, torch.Size] = {}  # the agreed model's tensors, to check weights against
         self.answers: dict[int, object] = {}  # client id -> its probe answer that came with training
         self.asked = 0  # teachers sent a probe message of their own
+        self.opted_out: list[int] = []  # teachers whose node config says they answer no probe (never experts)
         self.with_training_seconds: list[float] = []  # node compute of the answers that came with training
         self.train_started: float | None = None  # wall clock when the training messages went out
 
@@ -104,6 +105,9 @@ class QKTStrategy(Exchange):
         """
         start, scores, ask = time.perf_counter(), {}, []
         for k, node in teachers.items():
+            if not int(self.info.get(k, {}).get("answers-probe", 1)):  # opted out in its node config
+                self.opted_out.append(k)
+                continue
             answer = self.answers.get(k)
             if answer is None or [int(v) for v in answer.get("shape", [])] != list(shape):
                 ask.append(node)
@@ -139,6 +143,7 @@ class QKTStrategy(Exchange):
         """
         return {
             "answers_with_training": len(self.with_training_seconds),
+            "opted_out": sorted(self.opted_out),
             "node_seconds_with_training": float(sum(self.with_training_seconds)),
             "probe_messages": self.asked,
             "server_seconds": self.seconds.get("probe", 0.0) + self.seconds.get("mask", 0.0),

@@ -26,7 +26,9 @@ class ProbeSpec:
     ``temperature``: T = 10 lifted mask recall from ~0.5 to ~0.9 (a trained model's answer on noise is
     winner-takes-all at T = 1). ``batch_size``: inference batch (local compute, not part of the wire spec).
     ``with_training``: the probe does not depend on the query, so teachers answer it in their training reply
-    instead of a round trip of its own.
+    instead of a round trip of its own. ``reply_noise``: the scale of the Gaussian noise each teacher adds to its
+    answer before it leaves (:func:`add_reply_noise`; 0 = exact answers) — less of its class profile revealed,
+    at some cost in mask quality (measured in ``results/probe_privacy.md``).
     """
 
     n: int = 256
@@ -36,9 +38,11 @@ class ProbeSpec:
     seed: int = 0
     batch_size: int = 64
     with_training: bool = True
+    reply_noise: float = 0.0
 
     def check(self) -> None:
-        """Refuse an empty probe, an unknown noise kind and a non-positive temperature."""
+        """Refuse an empty probe, an unknown noise kind, a non-positive temperature and negative noise."""
+        require(self.reply_noise >= 0, "reply_noise", self.reply_noise, "a float >= 0 (0 = exact answers)")
         require(self.n >= 1, "n", self.n, "an integer >= 1")
         require(self.kind in NOISE_KINDS, "kind", self.kind, f"one of {list(NOISE_KINDS)}")
         require(self.temperature > 0, "temperature", self.temperature, "a float > 0")
@@ -108,6 +112,24 @@ def probe_answer(
     """
     noise = make_probe(tuple(shape), n, seed, kind)
     return probe_scores(model.to(device), noise, temperature, standardize, batch_size, device)
+
+
+def add_reply_noise(scores: torch.Tensor, scale: float, seed: tuple[int, int] | None = None) -> torch.Tensor:
+    """``scores`` plus Gaussian noise of std ``scale``, clipped at 0 and renormalised to sum to 1.
+
+    The teacher adds it before its answer leaves, so the server sees a blurred class profile. ``seed``
+    ``(run seed, client)`` makes the noise reproducible (simulations, the reference runner); ``None`` draws it from
+    fresh randomness, which a server cannot subtract (a deployed node's default).
+    """
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed[0] * 100_003 + seed[1] + 7_919)
+    noisy = (scores.double() + scale * torch.randn(scores.shape, generator=gen, dtype=torch.float64)).clamp_min(0)
+    total = noisy.sum()
+    noisy = noisy / total if total > 0 else torch.full_like(noisy, 1.0 / noisy.numel())
+    return noisy.to(scores.dtype)
 
 
 def check_probe_reply(scores: object, num_classes: int, atol: float = 1e-3) -> str | None:

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.fl import client_app as product
 from qkt_flower.fl import records as R
+from qkt_flower.fl.node import NodeSettings
 from qkt_flower.fl.simulation import simulate
 from qkt_flower.reference import run_reference
 from qkt_flower.results import load_results
@@ -86,7 +87,8 @@ def _faulty_client_app(faults: dict[int, str], silence: float = 0.0) -> ClientAp
     Faults: ``raise-probe`` / ``raise-weights`` (the handler raises), ``silent-probe`` (answers after
     ``silence`` seconds, past the server's reply timeout), ``long-probe`` (C + 1 scores: another label space,
     in a probe reply or in the answer that comes with training), ``other-shape`` (the answer with training
-    claims another input shape), ``nan-weights`` (a diverged teacher).
+    claims another input shape), ``nan-weights`` (a diverged teacher), ``opt-out`` (its node config says it
+    answers no probe).
     """
     import time
 
@@ -97,9 +99,12 @@ def _faulty_client_app(faults: dict[int, str], silence: float = 0.0) -> ClientAp
     def fault(context: Context) -> str | None:
         return faults.get(product.partition_id(context))
 
+    def node(context: Context) -> NodeSettings | None:
+        return NodeSettings(probe=False) if fault(context) == "opt-out" else None
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        reply = product.train(msg, context)
+        reply = product.train(msg, context, node(context))
         answer = reply.content.metric_records.get(R.PROBE_SCORES)
         if answer is not None and fault(context) == "long-probe":
             answer["scores"] = [*answer["scores"], 0.0]
@@ -117,7 +122,7 @@ def _faulty_client_app(faults: dict[int, str], silence: float = 0.0) -> ClientAp
             raise RuntimeError("injected failure while probing")
         if fault(context) == "silent-probe":
             time.sleep(silence)
-        reply = product.probe(msg, context)
+        reply = product.probe(msg, context, node(context))
         if fault(context) == "long-probe":
             scores = list(reply.content.metric_records[R.PROBE_SCORES]["scores"])
             reply = product.reply(msg, **{R.PROBE_SCORES: MetricRecord({"scores": [*scores, 0.0]})})
@@ -183,8 +188,9 @@ def test_probe_answered_with_training(flower_run, tmp_path):
     """The answers that come with training are checked like probe replies; one that probed another input
     shape is asked again with a probe message; the scores equal those of a separate probe exactly.
     """
-    res = _run_with_faults(tmp_path, {2: "long-probe", 3: "other-shape"})
-    assert set(res["dropped"]) == {"2"}, res["dropped"]
+    res = _run_with_faults(tmp_path, {2: "long-probe", 3: "other-shape", 4: "opt-out"})
+    assert set(res["dropped"]) == {"2"}, res["dropped"]  # a node that opts out is not a failure
+    assert res["probe_cost"]["opted_out"] == [4] and "4" not in res["probe"]["scores"]  # never asked, never chosen
     assert "probe: invalid reply: expected 10 scores" in res["dropped"]["2"]
     assert res["probe"]["scores"]["3"] == flower_run["probe"]["scores"]["3"]  # asked again, same answer
     assert res["probe_cost"]["probe_messages"] == 1 and flower_run["probe_cost"]["probe_messages"] == 0
