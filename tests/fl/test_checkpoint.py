@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -79,3 +80,34 @@ def test_the_simulation_command_refuses_a_corrupt_checkpoint_on_one_line(tmp_pat
     assert done.returncode == 2 and done.stderr.startswith("error: resume=True"), done.stderr[-2000:]
     assert "cannot be read (JSONDecodeError)" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
+def test_a_run_killed_after_the_probe_resumes_with_its_probe_scores_and_reloaded_models(tmp_path):
+    """A real simulation, then its checkpoint cut back to what a run killed after the probe leaves (training replies
+    and probe scores): the resumed run retrains no model (every node reloads its own from the checkpoint's
+    ``local_models/``), sends no probe, and ends with the numbers of the uninterrupted run."""
+    from qkt_flower.config import to_config
+    from qkt_flower.fl.simulation import simulate
+    from qkt_flower.results import load_results
+
+    overrides = ["dataset.train_per_class=100", "dataset.test_per_class=50", "local.epochs=1", "progress=false",
+                 "partition.num_clients=4", "query.classes=[1]", "control=false",
+                 "strategy.probe.with_training=false", f"checkpoint_dir={tmp_path / 'ckpt'}"]  # fmt: skip
+    simulate(to_config(compose_config(overrides)), _yaml(*overrides), tmp_path / "first")
+    first = load_results(tmp_path / "first")
+    assert first["local_training"]["samples"] > 0
+    steps_file = tmp_path / "ckpt" / config_hash(_yaml(*overrides)) / "steps.json"
+    saved = json.loads(steps_file.read_text())
+    saved["steps"] = {k: saved["steps"][k] for k in ("train", "probe")}  # killed while fetching the experts
+    steps_file.write_text(json.dumps(saved))
+    again = [*overrides, "resume=true"]
+    simulate(to_config(compose_config(again)), _yaml(*again), tmp_path / "resumed")
+    resumed = load_results(tmp_path / "resumed")
+    assert resumed["resumed"] == ["probe"]
+    assert resumed["local_training"]["samples"] == 0  # every local model reloaded, none retrained
+    assert resumed["probe_cost"]["probe_messages"] == 0 and "probe" not in resumed["bytes"]["sent"]
+    assert resumed["probe"] == first["probe"] and resumed["experts"] == first["experts"]
+    timeless = lambda metrics: {k: v for k, v in metrics.items() if not k.startswith("seconds.")}  # noqa: E731
+    assert timeless(resumed["metrics"]) == timeless(first["metrics"])
