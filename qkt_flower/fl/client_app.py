@@ -21,9 +21,9 @@ from flwr.clientapp import ClientApp
 
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.data.federation import Federation, build_federation
-from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments import federated, steps
 from qkt_flower.fl import records as R
+from qkt_flower.fl.guard import NodeError, guarded
 from qkt_flower.fl.node import LimitError, NodeSettings
 from qkt_flower.models import build_model
 from qkt_flower.qkt.evaluate import evaluate_view
@@ -31,46 +31,6 @@ from qkt_flower.qkt.probe import add_reply_noise, check_weights, probe_answer
 from qkt_flower.qkt.task import Expert
 
 log = logging.getLogger(__name__)
-
-
-class NodeError(RuntimeError):
-    """A node's refusal or failure as the server is told it: a short code and a message written here.
-
-    Flower puts an exception's text into the error reply; an arbitrary exception's text can hold the node's paths,
-    environment or data, so every handler is :func:`guarded` and only this text leaves the node.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code, self.message = code, message
-        super().__init__(f"{code}: {message}")
-
-    def __reduce__(self):
-        return (NodeError, (self.code, self.message))
-
-
-def guarded(handler):
-    """``handler`` with every failure logged in full on the node and replied as a :class:`NodeError`."""
-
-    @functools.wraps(handler)
-    def wrapper(msg: Message, context: Context, *args) -> Message:
-        try:
-            return handler(msg, context, *args)
-        except NodeError:
-            raise
-        except LimitError as err:  # the message's own values against the node's limits
-            log.error("%s: %s", handler.__name__, err)
-            raise NodeError("limit", str(err)) from None
-        except ConfigError as err:  # the key and what is allowed: both come from this code, not from the node
-            log.error("%s: %s", handler.__name__, err)
-            raise NodeError("config", f"{err.key} refused: {err.allowed}") from None
-        except DataError as err:
-            log.error("%s: %s", handler.__name__, err)
-            raise NodeError("data", "this node's dataset files are missing or unreadable (see its log)") from None
-        except Exception as err:
-            log.exception("%s failed", handler.__name__)
-            raise NodeError("internal", f"{type(err).__name__} in {handler.__name__} (see the node's log)") from None
-
-    return wrapper
 
 
 _FEDERATION: dict[str, Federation] = {}  # one entry: the federation of the current run, per process
@@ -110,18 +70,6 @@ def local_model(cfg: ExperimentConfig, fed: Federation, context: Context) -> tor
     return _model_from(cfg, fed, context.state.array_records[R.LOCAL_MODEL], "this node's trained model")
 
 
-def check_model_size(cfg: ExperimentConfig, fed: Federation, node: NodeSettings) -> None:
-    """Refuse a model over the node's ``max-parameters`` before training it."""
-    node.check_model(model_parameters(cfg.model.name, tuple(fed.train.input_shape), fed.train.num_classes),
-                     cfg.model.name)  # fmt: skip
-
-
-@functools.cache
-def model_parameters(name: str, shape: tuple[int, ...], num_classes: int) -> int:
-    """Parameters of model ``name`` for this input shape and label space."""
-    return sum(p.numel() for p in build_model(name, shape, num_classes, seed=0).parameters())
-
-
 def reply(msg: Message, **records) -> Message:
     """Reply to ``msg`` with the given records."""
     return Message(content=RecordDict(records), reply_to=msg)
@@ -139,7 +87,7 @@ def train(msg: Message, context: Context, defaults: NodeSettings | None = None) 
     entered = time.time()  # wall clock: the server places this node's work on its own timeline (same machine)
     cfg = node.run(R.unpack_experiment(msg.content))
     fed = federation(cfg)
-    check_model_size(cfg, fed, node)
+    node.check_model(cfg.model.name, tuple(fed.train.input_shape), fed.train.num_classes)
     k = partition_id(context)
     n = len(fed.scenario.partitions[k])
     samples, start = steps.samples_to_train(cfg, fed, k), time.perf_counter()
@@ -263,7 +211,7 @@ def federated_round(msg: Message, context: Context, node: NodeSettings) -> Messa
     config = msg.content.config_records[R.FL_CONFIG]
     cfg = node.run(R.experiment_from_yaml(str(config[R.FL_EXPERIMENT])))
     fed = federation(cfg)
-    check_model_size(cfg, fed, node)
+    node.check_model(cfg.model.name, tuple(fed.train.input_shape), fed.train.num_classes)
     k = partition_id(context)
     model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS], "the global model")
     mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0

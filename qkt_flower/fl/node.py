@@ -36,6 +36,7 @@ import yaml
 
 from qkt_flower.config import CONF_DIR, ExperimentConfig
 from qkt_flower.errors import ConfigError
+from qkt_flower.models import build_model
 
 ENV = "QKT_NODE_CONFIG"
 
@@ -136,8 +137,9 @@ class NodeSettings:
         if n > self.max_probe_n:
             raise LimitError(f"a probe of {n} inputs exceeds this node's max-probe-n={self.max_probe_n}")
 
-    def check_model(self, parameters: int, name: str) -> None:
-        """Refuse building a model larger than ``max_parameters``."""
+    def check_model(self, name: str, shape: tuple[int, ...], num_classes: int) -> None:
+        """Refuse building model ``name`` (for this input shape and label space) if it is over ``max_parameters``."""
+        parameters = model_parameters(name, shape, num_classes)
         if parameters > self.max_parameters:
             raise LimitError(f"model {name} has {parameters:,} parameters, over this node's "
                              f"max-parameters={self.max_parameters:,}")  # fmt: skip
@@ -176,6 +178,12 @@ def _parse(value, default, name: str):
     if number < (0 if name in ("max_epochs", "noise_seed") else 1):
         raise ValueError(value)
     return number
+
+
+@functools.cache
+def model_parameters(name: str, shape: tuple[int, ...], num_classes: int) -> int:
+    """Parameters of model ``name`` for this input shape and label space."""
+    return sum(p.numel() for p in build_model(name, shape, num_classes, seed=0).parameters())
 
 
 @functools.cache
