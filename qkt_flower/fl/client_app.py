@@ -114,10 +114,9 @@ def answer_probe(cfg: ExperimentConfig, fed: Federation, model: torch.nn.Module,
 
     An empty ``shape`` in the spec (a probe sent with the training message) means this node's input shape; any
     other shape must be it. With ``reply_noise`` > 0 the node adds Gaussian noise of that scale to its scores
-    (from its ``noise-seed``, else fresh randomness), so its answer reveals less of its class profile.
+    (from its ``noise-seed``, else fresh randomness), so its answer reveals less of its class profile. Callers
+    ask only a node that answers the probe (``probe`` in its settings).
     """
-    if not node.probe:
-        raise NodeError("refused", "this node does not answer the noise probe (its node config)")
     start = time.perf_counter()
     probe = R.unpack_probe(spec)
     shape = probe["shape"] or tuple(fed.train.input_shape)
@@ -154,7 +153,7 @@ def weights(msg: Message, context: Context, defaults: NodeSettings | None = None
     return reply(msg, **{R.TEACHER_ARRAYS: context.state.array_records[R.LOCAL_MODEL]})
 
 
-def querying_node(cfg: ExperimentConfig, fed: Federation, context: Context) -> None:
+def querying_node(fed: Federation, context: Context) -> None:
     """Refuse a step that only the querying node runs."""
     if partition_id(context) != fed.scenario.client:
         raise NodeError("role", f"node {partition_id(context)} is not the querying client {fed.scenario.client}")
@@ -166,7 +165,7 @@ def qkt(msg: Message, context: Context, defaults: NodeSettings | None = None) ->
     """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
     cfg = experiment(msg, context, defaults)
     fed = federation(cfg)
-    querying_node(cfg, fed, context)
+    querying_node(fed, context)
     device = steps.resolve_device(cfg.device)
     mine = local_model(cfg, fed, context)
     experts, classes = [], range(fed.train.num_classes)
@@ -235,7 +234,7 @@ def baselines(msg: Message, context: Context, defaults: NodeSettings | None = No
     """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
     cfg = experiment(msg, context, defaults)
     fed = federation(cfg)
-    querying_node(cfg, fed, context)
+    querying_node(fed, context)
     device = steps.resolve_device(cfg.device)
     spec = msg.content.config_records[R.BASELINE_SPEC]
     teachers = {
