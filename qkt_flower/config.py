@@ -9,6 +9,7 @@ values before any data is loaded or any model trained.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,6 +134,14 @@ class ExperimentConfig:
     partition_cache: str | None = None
     amp: str = "auto"
 
+    def queriers(self) -> list[int]:
+        """The querying clients of this run (``query.clients``, else ``query.client``)."""
+        return self.query.queriers()
+
+    def alone(self, client: int) -> ExperimentConfig:
+        """The experiment as querying client ``client``'s run alone (what each querier of a shared run gets)."""
+        return dataclasses.replace(self, query=self.query.alone(client))
+
 
 def to_config(cfg: DictConfig | dict) -> ExperimentConfig:
     """Merge ``cfg`` into the schema, then :func:`validate`; the one conversion from Hydra to typed objects."""
@@ -228,6 +237,14 @@ def validate(cfg: ExperimentConfig) -> None:
     )
     q, p = cfg.query, cfg.partition
     require(0 <= q.client < p.num_clients, "query.client", q.client, f"a client index in [0, {p.num_clients - 1}]")
+    for k in q.clients or []:
+        require(0 <= k < p.num_clients, "query.clients", list(q.clients), f"client indices in [0, {p.num_clients - 1}]")
+    require(
+        len(cfg.queriers()) == 1 or not (cfg.baselines.one_round or cfg.baselines.federated),
+        "baselines",
+        "one_round / federated",
+        "none with several query.clients (the baselines run for one querying client: baselines=none)",
+    )
     budget_bound = [m for m in cfg.baselines.one_round if m in ("vanilla_kd", "feddf")]
     require(
         not budget_bound or cfg.method.whole_network_budget() is not None,

@@ -78,18 +78,31 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 
 
 def load_results(path: str | Path) -> dict:
-    """Read a ``results.json`` (or the one inside a run folder); it must hold ``before`` and ``after``."""
+    """Read a ``results.json`` (or the one inside a run folder).
+
+    It must hold ``before`` and ``after`` (each querier's, in a run with several querying clients).
+    """
     path = Path(path)
     path = path / "results.json" if path.is_dir() else path
     results = json.loads(path.read_text())
-    if not isinstance(results, dict) or not all(isinstance(results.get(k), dict) for k in ("before", "after")):
+    several = isinstance(results, dict) and isinstance(results.get("queriers"), dict)
+    parts = list(results["queriers"].values()) if several else [results]
+    if not all(isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("before", "after")) for r in parts):
         raise ValueError(f"{path} is not a qkt-flower results.json (no 'before' / 'after' evaluations)")
     return results
 
 
+def per_querier(results: dict) -> list[dict]:
+    """A run's results per querying client: one dict for a run with one, each querier's over the shared fields."""
+    if "queriers" not in results:
+        return [results]
+    shared = {k: v for k, v in results.items() if k != "queriers"}
+    return [{**shared, **mine} for mine in results["queriers"].values()]
+
+
 def find_results(root: str | Path) -> list[dict]:
-    """Every ``results.json`` under ``root`` (e.g. a Hydra multirun folder), sorted by path."""
-    return [load_results(p) for p in sorted(Path(root).rglob("results.json"))]
+    """Every run's results under ``root`` (e.g. a Hydra multirun folder), sorted by path, one per querier."""
+    return [r for p in sorted(Path(root).rglob("results.json")) for r in per_querier(load_results(p))]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -7,6 +7,7 @@ independently; no data is ever shipped between them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,11 @@ class Federation:
         """Training data of ``client`` (its private partition)."""
         return self.train.subset(self.scenario.partitions[client])
 
+    def partition_key(self, client: int) -> str:
+        """A short fingerprint of ``client``'s partition: two queriers' federations that leave it as it is agree."""
+        indices = self.scenario.partitions[client].to(torch.int64).numpy().tobytes()
+        return hashlib.sha256(indices).hexdigest()[:16]
+
     def class_counts(self, client: int) -> torch.Tensor:
         """Training samples per class at ``client``."""
         return torch.bincount(self.train.labels[self.scenario.partitions[client]], minlength=self.train.num_classes)
@@ -60,19 +66,41 @@ def cap_per_class(data: ImageDataset, per_class: int | None, seed: int) -> Image
     return data.subset(torch.sort(torch.cat(keep)).values)
 
 
-def build_federation(
-    dataset: DatasetSpec, partition: PartitionSpec, query: QuerySpec, seed: int, partition_cache: str | None = None
-) -> Federation:
-    """Load, cap, partition and cut the data exactly as the specs say (validating against the loaded data).
+@dataclass(frozen=True)
+class Split:
+    """The loaded, capped splits and the clients' partitions before any query cut (shared by every querier)."""
 
-    ``partition_cache``: folder of cached splits (see :func:`~qkt_flower.data.partition.cached_partition_indices`).
-    """
-    d, p, q = dataset, partition, query
+    train: ImageDataset
+    test: ImageDataset
+    partitions: list[torch.Tensor]
+
+    def cut(self, query: QuerySpec, seed: int) -> Federation:
+        """The federation of one querying client (``query.client``): its query chosen and cut."""
+        q = query
+        scenario = make_query_scenario(
+            self.train.labels,
+            self.partitions,
+            self.train.num_classes,
+            q.client,
+            q.classes,
+            q.num_classes,
+            q.shots,
+            seed,
+            min_local_count=q.min_local_count,
+        )
+        return Federation(self.train, self.test, scenario)
+
+
+def load_split(
+    dataset: DatasetSpec, partition: PartitionSpec, query: QuerySpec, seed: int, partition_cache: str | None = None
+) -> Split:
+    """Load, cap and partition the data as the specs say (``query`` is checked against the loaded label space)."""
+    d, p = dataset, partition
     options = {"image_size": d.image_size} if d.name == "imagefolder" and d.image_size else {}
     train, test = load_dataset(d.name, d.root, download=d.download, **options)
     train = cap_per_class(train, d.train_per_class, seed=seed)
     test = cap_per_class(test, d.test_per_class, seed=seed)
-    check_label_space(q, p, train.num_classes, num_train=len(train))
+    check_label_space(query, p, train.num_classes, num_train=len(train))
     partitions = cached_partition_indices(
         train.labels,
         p.kind,
@@ -84,15 +112,14 @@ def build_federation(
         assignment=p.assignment,
         min_partition_size=p.min_partition_size,
     )
-    scenario = make_query_scenario(
-        train.labels,
-        partitions,
-        train.num_classes,
-        q.client,
-        q.classes,
-        q.num_classes,
-        q.shots,
-        seed,
-        min_local_count=q.min_local_count,
-    )
-    return Federation(train, test, scenario)
+    return Split(train, test, partitions)
+
+
+def build_federation(
+    dataset: DatasetSpec, partition: PartitionSpec, query: QuerySpec, seed: int, partition_cache: str | None = None
+) -> Federation:
+    """Load, cap, partition and cut the data exactly as the specs say (validating against the loaded data).
+
+    ``partition_cache``: folder of cached splits (see :func:`~qkt_flower.data.partition.cached_partition_indices`).
+    """
+    return load_split(dataset, partition, query, seed, partition_cache).cut(query, seed)

@@ -9,6 +9,7 @@ held by two clients. :class:`QuerySpec` is the ``query`` config group (its defau
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +20,15 @@ from qkt_flower.errors import ConfigError, require
 
 @dataclass
 class QuerySpec:
-    """Who queries, for which classes (None = the ones it holds fewest of), with how many shots."""
+    """Who queries, for which classes (None = the ones it holds fewest of), with how many shots.
+
+    ``clients``: several querying clients in one run (``qkt-flower``, ``flwr run``), each with its own query
+    (``classes`` for all of them, or each one's fewest held) and numbers identical to its run alone; null =
+    ``client`` alone.
+    """
 
     client: int = 0
+    clients: list[int] | None = None
     classes: list[int] | None = None
     num_classes: int = 1
     shots: int = 5  # samples of each query class left at the querying client (0 = stress test)
@@ -36,6 +43,18 @@ class QuerySpec:
         require(self.min_local_count >= 1, "min_local_count", self.min_local_count, "an integer >= 1")
         classes = list(self.classes or [])
         require(len(set(classes)) == len(classes), "classes", classes, "distinct class ids (one listed twice)")
+        if self.clients is not None:
+            clients = list(self.clients)
+            require(bool(clients) and len(set(clients)) == len(clients), "clients", clients,
+                    "null, or a non-empty list of distinct client indices")  # fmt: skip
+
+    def queriers(self) -> list[int]:
+        """The querying clients of a run: ``clients``, else ``[client]``."""
+        return list(self.clients) if self.clients is not None else [self.client]
+
+    def alone(self, client: int) -> QuerySpec:
+        """The query of ``client`` as a run of its own (the same classes, shots and rules)."""
+        return dataclasses.replace(self, client=client, clients=None)
 
 
 def check_label_space(

@@ -9,43 +9,26 @@ A message says what to run; the node decides where its files are and how much wo
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
-from dataclasses import asdict
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from qkt_flower.config import ExperimentConfig
-from qkt_flower.data.federation import Federation, build_federation
+from qkt_flower.data.federation import Federation
 from qkt_flower.experiments import federated, steps
 from qkt_flower.fl import records as R
 from qkt_flower.fl.guard import NodeError, guarded
 from qkt_flower.fl.node import LimitError, NodeSettings
-from qkt_flower.models import build_model
+from qkt_flower.fl.node_state import federation, keep_model, local_model, local_record, model_from, require_models
 from qkt_flower.qkt.evaluate import evaluate_view
-from qkt_flower.qkt.probe import add_reply_noise, check_weights, probe_answer
+from qkt_flower.qkt.probe import add_reply_noise, probe_answer
 from qkt_flower.qkt.task import Expert
 
 log = logging.getLogger(__name__)
-
-
-_FEDERATION: dict[str, Federation] = {}  # one entry: the federation of the current run, per process
-
-
-def federation(cfg: ExperimentConfig) -> Federation:
-    """The federation of ``cfg``, built once per process (loading and partitioning is the slow part).
-
-    It is a pure function of the config, so a cache cannot leak state between runs with different configs.
-    """
-    key = json.dumps([asdict(cfg.dataset), asdict(cfg.partition), asdict(cfg.query), cfg.seed], sort_keys=True)
-    if key not in _FEDERATION:
-        _FEDERATION.clear()
-        _FEDERATION[key] = build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
-    return _FEDERATION[key]
 
 
 def settings(context: Context, defaults: NodeSettings | None = None) -> NodeSettings:
@@ -63,13 +46,6 @@ def partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def local_model(cfg: ExperimentConfig, fed: Federation, context: Context) -> torch.nn.Module:
-    """The trained model of this node, rebuilt from ``context.state``."""
-    if R.LOCAL_MODEL not in context.state.array_records:
-        raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
-    return _model_from(cfg, fed, context.state.array_records[R.LOCAL_MODEL], "this node's trained model")
-
-
 def reply(msg: Message, **records) -> Message:
     """Reply to ``msg`` with the given records."""
     return Message(content=RecordDict(records), reply_to=msg)
@@ -79,30 +55,42 @@ def reply(msg: Message, **records) -> Message:
 def train(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """Step 0: train this node's model on its partition and keep it in ``context.state``.
 
-    A message from Flower's FedAvg/FedProx (global ``arrays`` + ``config``) is a federated round instead.
+    With several querying clients a querier's cut may change this node's partition: it trains one model per
+    distinct partition (``models``: which one each querier meets) and answers the probe with each that some
+    querier meets as a teacher. A message from Flower's FedAvg/FedProx (global ``arrays`` + ``config``) is a
+    federated round instead.
     """
     node = settings(context, defaults)
     if R.FL_ARRAYS in msg.content.array_records:
         return federated_round(msg, context, node)
     entered = time.time()  # wall clock: the server places this node's work on its own timeline (same machine)
     cfg = node.run(R.unpack_experiment(msg.content))
-    fed = federation(cfg)
-    node.check_model(cfg.model.name, tuple(fed.train.input_shape), fed.train.num_classes)
-    k = partition_id(context)
-    n = len(fed.scenario.partitions[k])
-    samples, start = steps.samples_to_train(cfg, fed, k), time.perf_counter()
-    model = steps.train_client(cfg, fed, k, steps.resolve_device(cfg.device))
-    seconds = time.perf_counter() - start
-    records = {}
-    probed = R.PROBE_SPEC in msg.content.config_records and k != fed.scenario.client
-    if probed and node.probe:  # the probe, answered right away
-        spec = msg.content.config_records[R.PROBE_SPEC]
-        records[R.PROBE_SCORES] = answer_probe(cfg, fed, model.eval(), spec, node, k)
-    context.state[R.LOCAL_MODEL] = ArrayRecord(model.cpu().state_dict())
-    metrics = {"num-examples": n, "client": k, "train-seconds": seconds, "train-samples": samples,
-               "handler-start": entered, "handler-end": time.time(), "pid": os.getpid(),
-               "answers-probe": int(node.probe)}  # fmt: skip
-    if k == fed.scenario.client:  # the querying node announces its query (the server holds no data)
+    k, queriers = partition_id(context), cfg.queriers()
+    feds = [federation(cfg.alone(q)) for q in queriers]
+    node.check_model(cfg.model.name, tuple(feds[0].train.input_shape), feds[0].train.num_classes)
+    first: dict[str, int] = {}  # partition fingerprint -> the first querier whose federation gives it
+    models = []  # per querier: which of this node's models it meets
+    for i, fed in enumerate(feds):
+        first.setdefault(fed.partition_key(k), i)
+        models.append(list(first).index(fed.partition_key(k)))
+    records, samples, seconds = {}, 0, 0.0
+    for j, i in enumerate(first.values()):
+        view, fed = cfg.alone(queriers[i]), feds[i]
+        samples, start = samples + steps.samples_to_train(view, fed, k), time.perf_counter()
+        model = steps.train_client(view, fed, k, steps.resolve_device(cfg.device)).eval()
+        seconds += time.perf_counter() - start
+        teacher = any(
+            m == j and q != k for m, q in zip(models, queriers, strict=True)
+        )  # some querier meets it as a teacher
+        if R.PROBE_SPEC in msg.content.config_records and teacher and node.probe:  # the probe, answered right away
+            spec = msg.content.config_records[R.PROBE_SPEC]
+            records[R.probe_scores_key(j)] = answer_probe(view, fed, model, spec, node, k)
+        keep_model(context, fed, k, model)
+    metrics = {"num-examples": len(feds[0].scenario.partitions[k]), "client": k, "train-seconds": seconds,
+               "train-samples": samples, "handler-start": entered, "handler-end": time.time(), "pid": os.getpid(),
+               "answers-probe": int(node.probe), "models": models}  # fmt: skip
+    if k in queriers:  # a querying node announces its query (the server holds no data)
+        fed = feds[queriers.index(k)]
         metrics.update({"query-classes": list(fed.scenario.query_classes), "num-classes": fed.train.num_classes,
                         "input-shape": list(fed.train.input_shape)})  # fmt: skip
     return reply(msg, **{R.METRICS: MetricRecord(metrics)}, **records)
@@ -140,17 +128,17 @@ def probe(msg: Message, context: Context, defaults: NodeSettings | None = None) 
         raise NodeError("refused", "this node does not answer the noise probe (its node config)")
     cfg = node.run(R.unpack_experiment(msg.content))
     fed = federation(cfg)
-    model = local_model(cfg, fed, context)
+    model = local_model(cfg, fed, context, partition_id(context))
     record = answer_probe(cfg, fed, model, msg.content.config_records[R.PROBE_SPEC], node, partition_id(context))
     return reply(msg, **{R.PROBE_SCORES: record})
 
 
 @guarded
 def weights(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
-    """Send this node's weights: it was found relevant to the query."""
-    if R.LOCAL_MODEL not in context.state.array_records:
-        raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
-    return reply(msg, **{R.TEACHER_ARRAYS: context.state.array_records[R.LOCAL_MODEL]})
+    """Send this node's weights (its model for the querier the message names): it was found relevant."""
+    require_models(context)
+    cfg = experiment(msg, context, defaults)
+    return reply(msg, **{R.TEACHER_ARRAYS: local_record(federation(cfg), context, partition_id(context))})
 
 
 def querying_node(fed: Federation, context: Context) -> None:
@@ -167,7 +155,7 @@ def qkt(msg: Message, context: Context, defaults: NodeSettings | None = None) ->
     fed = federation(cfg)
     querying_node(fed, context)
     device = steps.resolve_device(cfg.device)
-    mine = local_model(cfg, fed, context)
+    mine = local_model(cfg, fed, context, partition_id(context))
     experts, classes = [], range(fed.train.num_classes)
     for k, (query, known) in R.unpack_masks(msg.content.config_records[R.EXPERT_MASKS]).items():
         if not set(query) <= set(fed.scenario.query_classes) or not set(known) <= set(classes):
@@ -175,7 +163,7 @@ def qkt(msg: Message, context: Context, defaults: NodeSettings | None = None) ->
         record = msg.content.array_records.get(f"{R.EXPERT_ARRAYS}{k}")
         if record is None:
             raise NodeError("config", f"expert {k} has a mask but no weights in the message")
-        experts.append(Expert(_model_from(cfg, fed, record, f"expert {k}'s weights"), query, known))
+        experts.append(Expert(model_from(cfg, fed, record, f"expert {k}'s weights"), query, known))
     student, info = steps.learn_query(cfg, fed, mine, experts, device)
     view = fed.test_view()
     s = fed.scenario
@@ -191,20 +179,6 @@ def qkt(msg: Message, context: Context, defaults: NodeSettings | None = None) ->
     return reply(msg, **{R.METRICS: MetricRecord(metrics)})
 
 
-def _model_from(cfg: ExperimentConfig, fed: Federation, record: ArrayRecord, what: str = "a model") -> torch.nn.Module:
-    """The agreed model with ``record``'s weights; weights of another shape or with NaN are refused."""
-    model = build_model(cfg.model.name, fed.train.input_shape, fed.train.num_classes, seed=0)
-    try:
-        state = R.state_dict_of(record)
-    except (ValueError, TypeError, RuntimeError):
-        raise NodeError("config", f"{what}: arrays that do not decode") from None
-    reason = check_weights(state, {k: v.shape for k, v in model.state_dict().items()})
-    if reason is not None:
-        raise NodeError("config", f"{what}: {reason}")
-    model.load_state_dict(state)
-    return model.eval()
-
-
 def federated_round(msg: Message, context: Context, node: NodeSettings) -> Message:
     """A FedAvg (or FedProx, with ``proximal-mu`` in the config) round: train the global model on this partition."""
     config = msg.content.config_records[R.FL_CONFIG]
@@ -212,7 +186,7 @@ def federated_round(msg: Message, context: Context, node: NodeSettings) -> Messa
     fed = federation(cfg)
     node.check_model(cfg.model.name, tuple(fed.train.input_shape), fed.train.num_classes)
     k = partition_id(context)
-    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS], "the global model")
+    model = model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS], "the global model")
     mu = float(config["proximal-mu"]) if "proximal-mu" in config else 0.0
     model = federated.federated_round(
         cfg, fed, k, model, int(config["server-round"]), mu, steps.resolve_device(cfg.device)
@@ -238,12 +212,12 @@ def baselines(msg: Message, context: Context, defaults: NodeSettings | None = No
     device = steps.resolve_device(cfg.device)
     spec = msg.content.config_records[R.BASELINE_SPEC]
     teachers = {
-        int(key.removeprefix(R.TEACHER_PREFIX)): _model_from(cfg, fed, record, f"teacher {key}")
+        int(key.removeprefix(R.TEACHER_PREFIX)): model_from(cfg, fed, record, f"teacher {key}")
         for key, record in msg.content.array_records.items()
         if key.startswith(R.TEACHER_PREFIX)
     }
     sizes = {int(key.split(".")[0]): int(v) for key, v in spec.items() if key.endswith(".size")}
-    mine = local_model(cfg, fed, context)
+    mine = local_model(cfg, fed, context, partition_id(context))
     metrics: dict[str, float] = {}
     for name in spec["methods"]:
         start = time.perf_counter()
@@ -260,7 +234,7 @@ def evaluate_global(msg: Message, context: Context, defaults: NodeSettings | Non
     cfg = experiment(msg, context, defaults)
     fed = federation(cfg)
     device = steps.resolve_device(cfg.device)
-    model = _model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS], "the global model")
+    model = model_from(cfg, fed, msg.content.array_records[R.FL_ARRAYS], "the global model")
     metrics = _view_metrics("global", model, fed, device)
     if cfg.baselines.finetune:
         metrics.update(_view_metrics("finetuned", steps.control_model(cfg, fed, model, device), fed, device))

@@ -20,6 +20,10 @@ class Exchange:
     def __init__(self, cfg: ExperimentConfig, cfg_yaml: str, timeout: float, connect_timeout: float) -> None:
         self.cfg, self.cfg_yaml, self.timeout, self.connect_timeout = cfg, cfg_yaml, timeout, connect_timeout
         self.node_yaml = R.node_view(cfg_yaml)  # what travels: no server path, no checkpoint key
+        self.queriers = cfg.queriers()
+        # a step for one querier carries that querier's run alone: the node finds the model it meets by it
+        multi = len(self.queriers) > 1
+        self.view_yaml = [R.querier_view(self.node_yaml, q) if multi else self.node_yaml for q in self.queriers]
         self.bytes: dict[str, dict[str, int]] = {"sent": {}, "received": {}}
         self.dropped: dict[str, str] = {}  # client id (or node id before training) -> reason
         self.seconds: dict[str, float] = {}
@@ -55,8 +59,10 @@ class Exchange:
         log.warning("%s dropped at %s: %s", who, step, reason)
         self.dropped[str(who)] = f"{step}: {reason}"
 
-    def _message(self, node_id: int, message_type: str, **records) -> Message:
-        content = RecordDict({R.EXPERIMENT: R.pack_experiment(self.node_yaml), **records})
+    def _message(self, node_id: int, message_type: str, view: int | None = None, **records) -> Message:
+        """A message carrying the run's experiment, or (``view``: a querier's index) that querier's alone."""
+        text = self.node_yaml if view is None else self.view_yaml[view]
+        content = RecordDict({R.EXPERIMENT: R.pack_experiment(text), **records})
         return Message(content=content, dst_node_id=node_id, message_type=message_type)
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:

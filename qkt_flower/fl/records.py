@@ -30,11 +30,12 @@ EVALUATE = "query.evaluate"  # a global model to the querying node: test-view ac
 EXPERIMENT = "experiment"  # ConfigRecord {"yaml": resolved experiment config}
 PROBE_SPEC = "probe"  # ConfigRecord {seed, shape, n, kind, temperature, standardize}
 PROBE_SCORES = "probe-scores"  # MetricRecord {"scores": C floats, "shape": noise shape, "seconds": compute}
+# (a node holding several models, one per querier whose cut changed its partition: "probe-scores.<j>" for j >= 1)
 TEACHER_ARRAYS = "teacher-arrays"  # ArrayRecord of one teacher (reply to query.weights)
 EXPERT_ARRAYS = "expert-arrays."  # prefix + teacher id, in the train.qkt message
 EXPERT_MASKS = "expert-masks"  # ConfigRecord {"<id>.query": [..], "<id>.known": [..]}
 METRICS = "metrics"  # MetricRecord of a reply
-LOCAL_MODEL = "local-model"  # ArrayRecord kept in the node's context.state
+LOCAL_MODEL = "local-model"  # prefix + partition fingerprint: ArrayRecords kept in the node's context.state
 TEACHER_PREFIX = "teacher-arrays."  # prefix + client id, in the train.baselines message
 BASELINE_SPEC = "baselines"  # ConfigRecord {"methods": [..], "<id>.size": n} (sizes from the train replies)
 # Flower's FedAvg/FedProx messages: {"arrays": ArrayRecord, "config": ConfigRecord}; the experiment rides along
@@ -56,6 +57,18 @@ def node_view(cfg_yaml: str) -> str:
     tree.get("dataset", {}).pop("root", None)
     tree.get("local", {}).pop("cache_dir", None)
     return yaml.safe_dump(tree, sort_keys=False)
+
+
+def querier_view(node_yaml: str, client: int) -> str:
+    """The experiment of one querying client as if it ran alone (``query.client`` = ``client``, no ``clients``)."""
+    tree = yaml.safe_load(node_yaml)
+    tree["query"] = {**tree.get("query", {}), "client": client, "clients": None}
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def probe_scores_key(model: int) -> str:
+    """Record key of the probe answer of a node's ``model``-th model (0: its only one, in a single-querier run)."""
+    return PROBE_SCORES if model == 0 else f"{PROBE_SCORES}.{model}"
 
 
 def pack_experiment(cfg_yaml: str) -> ConfigRecord:

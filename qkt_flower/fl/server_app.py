@@ -48,6 +48,8 @@ def run_experiment(cfg: ExperimentConfig, cfg_yaml: str, grid: Grid, checkpoint:
         results["baselines"] = checkpoint.get("baselines") or run_baselines(qkt, grid)
         checkpoint.put("baselines", results["baselines"])
         results["seconds"]["baselines"] = time.perf_counter() - start
+    for mine in results.get("queriers", {}).values():  # several queriers: each its own evaluation objects
+        mine.update(evaluations(mine))
     return {**results, **evaluations(results)}
 
 

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
-from qkt_flower.data.federation import build_federation
+from qkt_flower.data.federation import load_split
 from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments.steps import resolve_device
 from qkt_flower.fl import isolation
@@ -39,7 +39,9 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
     resolve_device(cfg.device)  # the simulated nodes run here: a device this machine lacks is refused now
     check_resumable(cfg.checkpoint_dir, cfg_yaml, cfg.resume)  # a checkpoint not of this run: refused here
     # refuses a bad query scenario here, before any process starts
-    build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
+    split = load_split(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
+    for q in cfg.queriers():
+        split.cut(cfg.alone(q).query, cfg.seed)
     backend = {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
         "init_args": {"include_dashboard": False, "num_cpus": max(os.cpu_count() or 1, 1)},

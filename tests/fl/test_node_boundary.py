@@ -215,7 +215,7 @@ def test_a_node_that_opts_out_answers_no_probe_and_crafted_experts_are_refused()
     # the querying node (client 0) trains, then gets experts whose masks or weights are not what it can use
     querier = Context(run_id=1, node_id=2, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     client_app.train(_train_message(_yaml(**SMALL)), querier)
-    weights = querier.state.array_records[R.LOCAL_MODEL]
+    (weights,) = querier.state.array_records.values()  # its one model
     bad_masks = R.pack_masks({3: ((7,), (7, 99))})
     with pytest.raises(client_app.NodeError, match=r"^config: expert 3's mask names classes outside"):
         client_app.qkt(_qkt_message(_yaml(**SMALL), {f"{R.EXPERT_ARRAYS}3": weights}, bad_masks), querier)
@@ -277,7 +277,7 @@ def test_a_simulated_nodes_noisy_answer_is_the_reference_runners():
     spec = R.pack_probe(cfg, None)
     answer = client_app.train(_train_message(text, probe=dict(spec)), context).content.metric_records[R.PROBE_SCORES]
     fed = client_app.federation(client_app.settings(context).run(cfg))
-    model = client_app.local_model(cfg, fed, context)
+    model = client_app.local_model(cfg, fed, context, 1)
     expected = steps.answer_probe(cfg, model, fed.train.input_shape, "cpu", 1)
     assert torch.allclose(torch.tensor(answer["scores"], dtype=torch.float64), expected.double(), atol=1e-7)
     exact = steps.answer_probe(R.experiment_from_yaml(_yaml(**SMALL)), model, fed.train.input_shape, "cpu", 1)
@@ -296,5 +296,6 @@ def _message_with(text: str, spec) -> Message:
 def _context_with_model(trained: Context) -> Context:
     """A node without ``noise-seed`` holding ``trained``'s model."""
     context = _context()
-    context.state[R.LOCAL_MODEL] = trained.state.array_records[R.LOCAL_MODEL]
+    for key, record in trained.state.array_records.items():
+        context.state[key] = record
     return context
