@@ -115,6 +115,14 @@ def load_split(
     return Split(train, test, partitions)
 
 
+def build_federations(
+    dataset: DatasetSpec, partition: PartitionSpec, query: QuerySpec, seed: int, partition_cache: str | None = None
+) -> list[Federation]:
+    """One federation per querying client of ``query`` (``query.clients``), over one loaded split."""
+    split = load_split(dataset, partition, query, seed, partition_cache)
+    return [split.cut(query.alone(q), seed) for q in query.queriers()]
+
+
 def build_federation(
     dataset: DatasetSpec, partition: PartitionSpec, query: QuerySpec, seed: int, partition_cache: str | None = None
 ) -> Federation:

@@ -3,7 +3,8 @@
 Ray (2.55) binds its GCS, raylets and workers to every interface whatever node address it is given (measured with
 ``ss -ltnp``: ``*:<port>`` for each, the runtime-env agent on the host's address). In a fresh network namespace the
 only interface is loopback, so every one of those sockets lives there and no other host — nor another namespace of
-this one — can connect to them. ``qkt-flower`` re-runs itself under ``unshare --user --map-root-user --net``
+this one — can connect to them. ``qkt-flower`` and ``python -m qkt_flower.fl.launch`` (``flwr run`` on a local
+SuperLink, whose ports then live there too) re-run themselves under ``unshare --user --map-root-user --net``
 (Linux, unprivileged user namespaces) when ``simulation.network`` is ``isolated``, or ``auto`` and the host allows it.
 """
 
@@ -18,6 +19,8 @@ import socket
 import struct
 import subprocess
 import sys
+
+from qkt_flower.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +57,19 @@ def rerun(module: str, args: list[str]) -> int:
     """``python -m module args`` inside a new user + network namespace; its exit code."""
     env = {**os.environ, ENV: "1"}
     return subprocess.run([*UNSHARE, sys.executable, "-m", module, *args], env=env).returncode
+
+
+def wanted(network: str) -> bool:
+    """Whether to re-run in a network namespace (``simulation.network``).
+
+    ``isolated`` where none can be made is refused; ``auto`` goes on with a warning.
+    """
+    if network == "host" or inside():
+        return False
+    if available():
+        return True
+    if network == "isolated":
+        why = "no unprivileged network namespace (unshare --user --net) here: Ray's servers would listen everywhere"
+        raise ConfigError("simulation.network", network, f"auto or host ({why})")
+    log.warning("no network namespace on this host: Ray's servers listen on every interface during the simulation")
+    return False

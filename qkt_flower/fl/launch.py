@@ -23,7 +23,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from qkt_flower.config import compose_config, to_config
-from qkt_flower.data.federation import build_federation
+from qkt_flower.data.federation import build_federations
+from qkt_flower.fl import isolation
 from qkt_flower.fl.checkpoint import local_models_dir
 from qkt_flower.fl.node import ENV as NODE_ENV
 from qkt_flower.fl.node import NodeSettings, simulation_defaults
@@ -105,7 +106,7 @@ def flwr_run_simulation(
     dcfg = compose_config(overrides)
     cfg = to_config(dcfg)
     # refuses bad config values and query scenarios before any process starts
-    build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
+    build_federations(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     home = Path(home or tempfile.mkdtemp(prefix="flwr-home-"))
     write_local_connection(home)
     run_config = f"overrides={json.dumps(shlex.join(overrides))} output-dir={json.dumps(str(Path(out_dir).resolve()))}"
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = list(sys.argv[1:] if argv is None else argv)
     out_dir = Path(f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}")
     try:
+        if isolation.wanted(to_config(compose_config(overrides)).simulation.network):  # SuperLink, Ray: loopback only
+            sys.exit(isolation.rerun("qkt_flower.fl.launch", overrides))
+        if isolation.inside():
+            isolation.loopback_up()
         proc = flwr_run_simulation(overrides, out_dir)
     except (ConfigError, DataError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

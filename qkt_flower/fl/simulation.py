@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from qkt_flower.config import CONF_DIR, ExperimentConfig, to_config
-from qkt_flower.data.federation import load_split
+from qkt_flower.data.federation import build_federations
 from qkt_flower.errors import ConfigError, DataError
 from qkt_flower.experiments.steps import resolve_device
 from qkt_flower.fl import isolation
@@ -39,9 +39,7 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
     resolve_device(cfg.device)  # the simulated nodes run here: a device this machine lacks is refused now
     check_resumable(cfg.checkpoint_dir, cfg_yaml, cfg.resume)  # a checkpoint not of this run: refused here
     # refuses a bad query scenario here, before any process starts
-    split = load_split(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
-    for q in cfg.queriers():
-        split.cut(cfg.alone(q).query, cfg.seed)
+    build_federations(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     backend = {
         "client_resources": {"num_cpus": cfg.simulation.num_cpus, "num_gpus": cfg.simulation.num_gpus},
         "init_args": {"include_dashboard": False, "num_cpus": max(os.cpu_count() or 1, 1)},
@@ -49,24 +47,6 @@ def simulate(cfg: ExperimentConfig, cfg_yaml: str, out_dir: str | Path) -> None:
     # the user runs every simulated node: the user's paths are theirs (a deployed node keeps its own)
     nodes = make_client_app(simulation_defaults(cfg, local_models_dir(cfg.checkpoint_dir, cfg_yaml)))
     run_simulation(make_server_app(cfg_yaml, out_dir), nodes, cfg.simulation.num_supernodes, backend_config=backend)
-
-
-def isolate(network: str) -> bool:
-    """Whether to re-run in a network namespace (``simulation.network``).
-
-    ``isolated`` where none can be made is refused; ``auto`` goes on with a warning.
-    """
-    if network == "host" or isolation.inside():
-        return False
-    if isolation.available():
-        return True
-    if network == "isolated":
-        why = "no unprivileged network namespace (unshare --user --net) here: Ray's servers would listen everywhere"
-        raise ConfigError("simulation.network", network, f"auto or host ({why})")
-    logging.getLogger(__name__).warning(
-        "no network namespace on this host: Ray's servers listen on every interface during the simulation"
-    )
-    return False
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
@@ -77,7 +57,7 @@ def _hydra_main(dcfg: DictConfig) -> None:
     try:
         cfg = to_config(dcfg)
         check_writable(out_dir, cfg.overwrite)
-        if isolate(cfg.simulation.network):  # the same job, in a network namespace of its own
+        if isolation.wanted(cfg.simulation.network):  # the same job, in a network namespace of its own
             rc = isolation.rerun(
                 "qkt_flower.fl.simulation", [*HydraConfig.get().overrides.task, f"hydra.run.dir={out_dir}"]
             )

@@ -14,7 +14,6 @@ import pytest
 
 from qkt_flower.errors import ConfigError
 from qkt_flower.fl import isolation
-from qkt_flower.fl.simulation import isolate
 
 LOOPBACK = ("0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F")  # 127.0.0.1, ::1
 
@@ -32,13 +31,13 @@ def _listening_outside_loopback() -> set[tuple[str, str]]:
 
 
 def test_network_modes():
-    assert not isolate("host")
+    assert not isolation.wanted("host")
     if not isolation.available():
         with pytest.raises(ConfigError, match="simulation.network"):
-            isolate("isolated")
-        assert not isolate("auto")  # goes on, with a warning
+            isolation.wanted("isolated")
+        assert not isolation.wanted("auto")  # goes on, with a warning
     else:
-        assert isolate("isolated") and isolate("auto")
+        assert isolation.wanted("isolated") and isolation.wanted("auto")
 
 
 @pytest.mark.slow
@@ -60,3 +59,25 @@ def test_a_simulation_listens_on_nothing_another_host_can_reach(tmp_path):
     assert run.returncode == 0, err[-3000:]
     assert (tmp_path / "results.json").is_file()
     assert seen == set(), f"listening outside loopback during the simulation: {seen}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's socket tables")
+@pytest.mark.skipif(not isolation.available(), reason="this host allows no unprivileged network namespace")
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
+def test_flwr_run_on_a_local_superlink_listens_on_nothing_another_host_can_reach(tmp_path):
+    """``python -m qkt_flower.fl.launch``: the SuperLink ``flwr run`` starts and its Ray live in the namespace too."""
+    before = _listening_outside_loopback()
+    overrides = ["dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
+                 "partition.num_clients=3", "query.classes=[1]", "control=false", "checkpoint_dir=null",
+                 "simulation.network=isolated"]  # fmt: skip
+    run = subprocess.Popen([sys.executable, "-m", "qkt_flower.fl.launch", *overrides], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+    seen = set()
+    while run.poll() is None:
+        seen |= _listening_outside_loopback() - before
+        time.sleep(0.2)
+    out, err = run.communicate()
+    assert run.returncode == 0, err[-3000:]
+    assert len(list(tmp_path.glob("outputs/*/*/results.json"))) == 1
+    assert seen == set(), f"listening outside loopback during flwr run: {seen}"
