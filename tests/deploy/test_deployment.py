@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from qkt_flower.config import compose_config, to_config
 from qkt_flower.deploy.local import LocalDeployment
+from qkt_flower.experiments.steps import choose_experts
 from qkt_flower.fl.processes import alive, descendants
 from qkt_flower.fl.simulation import simulate
 from qkt_flower.results import load_results
@@ -106,4 +108,36 @@ def test_killed_supernode_mid_run(deployment, tmp_path):
     assert str(victim) in res["dropped"], res["dropped"]
     assert "probe" in res["dropped"][str(victim)] or "weights" in res["dropped"][str(victim)]
     assert str(victim) not in res["probe"]["scores"]
+    assert res["metrics"] is not None and res["metrics"]["after.query_acc"] > res["metrics"]["before.query_acc"]
+
+
+def test_an_expert_killed_while_its_weights_are_asked_for(deployment, tmp_path):
+    """Kill an expert's SuperNode the moment the probe round ends (its scores are checkpointed, the weights
+    messages go out next, each starting a ClientApp process on its node): the run drops it at the weights step,
+    re-selects without it and finishes."""
+    for k, node in list(deployment.nodes.items()):  # a node an earlier test killed comes back, with its key
+        if not node.alive():
+            deployment.start_node(k)
+    deployment.wait_online(NODES)
+    overrides = _overrides(tmp_path, "simulation.reply_timeout=120")
+    run = deployment.submit(overrides, tmp_path / "out")
+    probe, deadline = None, time.monotonic() + 600
+    while probe is None and time.monotonic() < deadline and run.alive():
+        steps_file = next((tmp_path / "checkpoints").glob("*/steps.json"), None)
+        try:
+            probe = json.loads(steps_file.read_text())["steps"].get("probe") if steps_file else None
+        except ValueError:  # replaced while read
+            probe = None
+        time.sleep(0.05)
+    assert probe is not None, "the run never finished its probe round"
+    saved = json.loads(steps_file.read_text())["steps"]
+    scores = {int(key.split(".")[0]): torch.tensor(v) for key, v in probe.items()}
+    query = tuple(saved["train"]["0"]["query-classes"])
+    _, selection = choose_experts(to_config(compose_config(overrides)), scores, query)
+    victim = selection.relevant[0]
+    deployment.kill_node(victim)
+    deployment.wait(run, timeout=900)
+    res = load_results(tmp_path / "out")
+    assert res["dropped"].get(str(victim), "").startswith("weights"), res["dropped"]
+    assert all(victim not in experts for experts in res["experts"].values())
     assert res["metrics"] is not None and res["metrics"]["after.query_acc"] > res["metrics"]["before.query_acc"]
