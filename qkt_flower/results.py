@@ -80,24 +80,42 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
 def load_results(path: str | Path) -> dict:
     """Read a ``results.json`` (or the one inside a run folder).
 
-    It must hold ``before`` and ``after`` (each querier's, in a run with several querying clients).
+    It must hold ``before`` and ``after`` (in a run with several querying clients, at least one querier's: one whose
+    query step failed is kept in the file and left out by :func:`per_querier`).
     """
     path = Path(path)
     path = path / "results.json" if path.is_dir() else path
     results = json.loads(path.read_text())
     several = isinstance(results, dict) and isinstance(results.get("queriers"), dict)
     parts = list(results["queriers"].values()) if several else [results]
-    if not all(isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("before", "after")) for r in parts):
+    if not any(isinstance(r, dict) and all(isinstance(r.get(k), dict) for k in ("before", "after")) for r in parts):
         raise ValueError(f"{path} is not a qkt-flower results.json (no 'before' / 'after' evaluations)")
     return results
 
 
 def per_querier(results: dict) -> list[dict]:
-    """A run's results per querying client: one dict for a run with one, each querier's over the shared fields."""
+    """A run's results per querying client, each in the shape of a run with one.
+
+    Each querier's fields over the shared ones, its ``bytes`` / ``seconds`` added to the shared steps' (train,
+    probe, total); a querier whose query step failed (no evaluations) is left out.
+    """
     if "queriers" not in results:
         return [results]
     shared = {k: v for k, v in results.items() if k != "queriers"}
-    return [{**shared, **mine} for mine in results["queriers"].values()]
+    out = []
+    for mine in results["queriers"].values():
+        if not all(isinstance(mine.get(k), dict) for k in ("before", "after")):
+            continue
+        books = {"seconds": _add(shared.get("seconds", {}), mine.get("seconds", {})),
+                 "bytes": {d: _add(shared.get("bytes", {}).get(d, {}), mine.get("bytes", {}).get(d, {}))
+                           for d in ("sent", "received")}}  # fmt: skip
+        out.append({**shared, **mine, **books})
+    return out
+
+
+def _add(a: dict, b: dict) -> dict:
+    """Two per-step books added step by step."""
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
 def find_results(root: str | Path) -> list[dict]:

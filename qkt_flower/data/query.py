@@ -45,8 +45,8 @@ class QuerySpec:
         require(len(set(classes)) == len(classes), "classes", classes, "distinct class ids (one listed twice)")
         if self.clients is not None:
             clients = list(self.clients)
-            require(bool(clients) and len(set(clients)) == len(clients), "clients", clients,
-                    "null, or a non-empty list of distinct client indices")  # fmt: skip
+            require(len(clients) >= 2 and len(set(clients)) == len(clients), "clients", clients,
+                    "null, or a list of at least two distinct client indices (one querier: query.client)")  # fmt: skip
 
     def queriers(self) -> list[int]:
         """The querying clients of a run: ``clients``, else ``[client]``."""

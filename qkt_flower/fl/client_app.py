@@ -23,7 +23,15 @@ from qkt_flower.experiments import federated, steps
 from qkt_flower.fl import records as R
 from qkt_flower.fl.guard import NodeError, guarded
 from qkt_flower.fl.node import LimitError, NodeSettings
-from qkt_flower.fl.node_state import federation, keep_model, local_model, local_record, model_from, require_models
+from qkt_flower.fl.node_state import (
+    federation,
+    indexed_record,
+    keep_model,
+    local_model,
+    model_from,
+    model_key,
+    remember_models,
+)
 from qkt_flower.qkt.evaluate import evaluate_view
 from qkt_flower.qkt.probe import add_reply_noise, probe_answer
 from qkt_flower.qkt.task import Expert
@@ -86,6 +94,7 @@ def train(msg: Message, context: Context, defaults: NodeSettings | None = None) 
             spec = msg.content.config_records[R.PROBE_SPEC]
             records[R.probe_scores_key(j)] = answer_probe(view, fed, model, spec, node, k)
         keep_model(context, fed, k, model)
+    remember_models(context, [model_key(feds[i], k) for i in first.values()])
     metrics = {"num-examples": len(feds[0].scenario.partitions[k]), "client": k, "train-seconds": seconds,
                "train-samples": samples, "handler-start": entered, "handler-end": time.time(), "pid": os.getpid(),
                "answers-probe": int(node.probe), "models": models}  # fmt: skip
@@ -135,10 +144,9 @@ def probe(msg: Message, context: Context, defaults: NodeSettings | None = None) 
 
 @guarded
 def weights(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
-    """Send this node's weights (its model for the querier the message names): it was found relevant."""
-    require_models(context)
-    cfg = experiment(msg, context, defaults)
-    return reply(msg, **{R.TEACHER_ARRAYS: local_record(federation(cfg), context, partition_id(context))})
+    """Send this node's weights (the model the message names, 0 = its only one): it was found relevant."""
+    index = msg.content.config_records[R.MODEL].get("index") if R.MODEL in msg.content.config_records else 0
+    return reply(msg, **{R.TEACHER_ARRAYS: indexed_record(context, index)})
 
 
 def querying_node(fed: Federation, context: Context) -> None:

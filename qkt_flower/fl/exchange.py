@@ -38,16 +38,16 @@ class Exchange:
         # An error reply may come from the SuperLink itself (e.g. "Node Unavailable" for a node that
         # stopped sending heartbeats), so match replies to the message they answer, not to their source.
         dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        ok, answered = [], set()
+        ok, answered = [], set()  # a node may get several messages in one step (one per model it holds)
         for r in replies:
             node = dst_of.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
-            answered.add(node)
+            answered.add(r.metadata.reply_to_message_id if r.metadata.reply_to_message_id in dst_of else node)
             if r.has_error():
                 self._drop(node, step, f"error: {r.error.reason}")
             else:
                 ok.append(r)
         for m in messages:
-            if m.metadata.dst_node_id not in answered:
+            if m.metadata.message_id not in answered and m.metadata.dst_node_id not in answered:
                 self._drop(m.metadata.dst_node_id, step, "no reply (timeout)")
         received = self.bytes["received"]
         received[step] = received.get(step, 0) + sum(R.payload_bytes(r.content) for r in ok)

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.data.federation import Federation, Split, load_split
@@ -50,6 +50,21 @@ def model_key(fed: Federation, client: int) -> str:
 def keep_model(context: Context, fed: Federation, client: int, model: torch.nn.Module) -> None:
     """Keep ``model`` (trained on ``client``'s partition in ``fed``) in ``context.state``."""
     context.state[model_key(fed, client)] = ArrayRecord(model.cpu().state_dict())
+
+
+def remember_models(context: Context, keys: list[str]) -> None:
+    """Record the order of this node's models (the indices its train reply's ``models`` refer to)."""
+    context.state[R.LOCAL_MODELS] = ConfigRecord({"keys": list(keys)})
+
+
+def indexed_record(context: Context, index) -> ArrayRecord:
+    """The node's ``index``-th model (a weights message names it: no data needs loading to answer)."""
+    require_models(context)
+    records = context.state.config_records
+    keys = list(records[R.LOCAL_MODELS]["keys"]) if R.LOCAL_MODELS in records else []
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(keys):
+        raise NodeError("config", f"model index {index!r}: this node holds {len(keys)} model(s)")
+    return context.state.array_records[keys[index]]
 
 
 def require_models(context: Context) -> None:

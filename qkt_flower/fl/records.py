@@ -36,6 +36,8 @@ EXPERT_ARRAYS = "expert-arrays."  # prefix + teacher id, in the train.qkt messag
 EXPERT_MASKS = "expert-masks"  # ConfigRecord {"<id>.query": [..], "<id>.known": [..]}
 METRICS = "metrics"  # MetricRecord of a reply
 LOCAL_MODEL = "local-model"  # prefix + partition fingerprint: ArrayRecords kept in the node's context.state
+LOCAL_MODELS = "local-models"  # ConfigRecord {"keys": the LOCAL_MODEL keys, in the order train replies index them}
+MODEL = "model"  # ConfigRecord {"index": j}: which of a node's models a query.weights message asks for (default 0)
 TEACHER_PREFIX = "teacher-arrays."  # prefix + client id, in the train.baselines message
 BASELINE_SPEC = "baselines"  # ConfigRecord {"methods": [..], "<id>.size": n} (sizes from the train replies)
 # Flower's FedAvg/FedProx messages: {"arrays": ArrayRecord, "config": ConfigRecord}; the experiment rides along

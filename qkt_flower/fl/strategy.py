@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 
 import torch
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
@@ -96,7 +97,8 @@ class QKTStrategy(ProbeRound):
         self, grid: Grid, clients: list[int], node_of: dict[int, int], step: str = "weights", view: int = 0
     ) -> dict[int, object]:
         """Weights of ``clients`` (for QKT: the relevant experts only) as querier ``view`` meets them."""
-        msgs = [self._message(node_of[k], R.WEIGHTS, view) for k in clients]
+        which = {k: ConfigRecord({"index": self.models_of(k)[view]}) for k in clients}  # the model this querier meets
+        msgs = [self._message(node_of[k], R.WEIGHTS, view, **{R.MODEL: which[k]}) for k in clients]
         out = {}
         for r in self._exchange(grid, step, msgs):
             k = self.client_of[r.metadata.src_node_id]

@@ -51,10 +51,13 @@ def test_a_simulation_listens_on_nothing_another_host_can_reach(tmp_path):
                  "simulation.network=isolated", f"hydra.run.dir={tmp_path}"]  # fmt: skip
     run = subprocess.Popen([sys.executable, "-m", "qkt_flower.fl.simulation", *overrides], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    seen = set()
-    while run.poll() is None:  # sample the whole run: Ray's servers live from its start to its end
+    seen, deadline = set(), time.monotonic() + 900
+    while run.poll() is None and time.monotonic() < deadline:  # sample the whole run: Ray's servers live throughout
         seen |= _listening_outside_loopback() - before
         time.sleep(0.2)
+    if run.poll() is None:
+        run.kill()
+        pytest.fail("the simulation did not finish within 15 min")
     out, err = run.communicate()
     assert run.returncode == 0, err[-3000:]
     assert (tmp_path / "results.json").is_file()
@@ -73,10 +76,13 @@ def test_flwr_run_on_a_local_superlink_listens_on_nothing_another_host_can_reach
                  "simulation.network=isolated"]  # fmt: skip
     run = subprocess.Popen([sys.executable, "-m", "qkt_flower.fl.launch", *overrides], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
-    seen = set()
-    while run.poll() is None:
+    seen, deadline = set(), time.monotonic() + 900
+    while run.poll() is None and time.monotonic() < deadline:
         seen |= _listening_outside_loopback() - before
         time.sleep(0.2)
+    if run.poll() is None:
+        run.kill()
+        pytest.fail("flwr run did not finish within 15 min")
     out, err = run.communicate()
     assert run.returncode == 0, err[-3000:]
     assert len(list(tmp_path.glob("outputs/*/*/results.json"))) == 1

@@ -299,3 +299,21 @@ def _context_with_model(trained: Context) -> Context:
     for key, record in trained.state.array_records.items():
         context.state[key] = record
     return context
+
+
+@needs_fmnist
+def test_a_weights_message_names_one_of_the_nodes_models_or_is_refused():
+    """The weights step reads no data: it sends the model the message names, and refuses an index it does not hold."""
+    context = _context()
+    client_app.train(_train_message(_yaml(**SMALL)), context)
+    sent = client_app.weights(_message(_yaml(**SMALL)), context).content.array_records[R.TEACHER_ARRAYS]
+    (kept,) = [r for key, r in context.state.array_records.items() if key.startswith(R.LOCAL_MODEL)]
+    import torch
+
+    theirs, mine = R.state_dict_of(sent), R.state_dict_of(kept)
+    assert theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine)
+    for index in (1, -1, "0", True):
+        message = _message(_yaml(**SMALL))
+        message.content.config_records[R.MODEL] = ConfigRecord({"index": index})
+        with pytest.raises(client_app.NodeError, match=r"^config: model index .* this node holds 1 model"):
+            client_app.weights(message, context)
