@@ -40,50 +40,54 @@ def test_network_modes():
         assert isolation.wanted("isolated") and isolation.wanted("auto")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's socket tables")
-@pytest.mark.skipif(not isolation.available(), reason="this host allows no unprivileged network namespace")
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
-def test_a_simulation_listens_on_nothing_another_host_can_reach(tmp_path):
-    before = _listening_outside_loopback()
-    overrides = ["dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
-                 "partition.num_clients=3", "query.classes=[1]", "control=false", "checkpoint_dir=null",
-                 "simulation.network=isolated", f"hydra.run.dir={tmp_path}"]  # fmt: skip
-    run = subprocess.Popen([sys.executable, "-m", "qkt_flower.fl.simulation", *overrides], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
-    seen, deadline = set(), time.monotonic() + 900
-    while run.poll() is None and time.monotonic() < deadline:  # sample the whole run: Ray's servers live throughout
-        seen |= _listening_outside_loopback() - before
-        time.sleep(0.2)
-    if run.poll() is None:
-        run.kill()
-        pytest.fail("the simulation did not finish within 15 min")
-    out, err = run.communicate()
-    assert run.returncode == 0, err[-3000:]
-    assert (tmp_path / "results.json").is_file()
-    assert seen == set(), f"listening outside loopback during the simulation: {seen}"
+OVERRIDES = ["dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
+             "partition.num_clients=3", "query.classes=[1]", "control=false", "checkpoint_dir=null",
+             "simulation.network=isolated"]  # fmt: skip
+SAMPLING = (
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's socket tables"),
+    pytest.mark.skipif(not isolation.available(), reason="this host allows no unprivileged network namespace"),
+    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST"),
+)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's socket tables")
-@pytest.mark.skipif(not isolation.available(), reason="this host allows no unprivileged network namespace")
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
-def test_flwr_run_on_a_local_superlink_listens_on_nothing_another_host_can_reach(tmp_path):
-    """``python -m qkt_flower.fl.launch``: the SuperLink ``flwr run`` starts and its Ray live in the namespace too."""
+def sampling(test):
+    """The marks of a test that samples the socket tables during a real run."""
+    for mark in SAMPLING:
+        test = mark(test)
+    return test
+
+
+def _listening_during(module: str, args: list[str], cwd=None) -> set[tuple[str, str]]:
+    """Run ``python -m module args`` to its end (it must succeed), sampling the host's listening sockets throughout.
+
+    Returns those outside loopback that were not there before the run (Ray's servers live from its start to its end).
+    """
     before = _listening_outside_loopback()
-    overrides = ["dataset.train_per_class=200", "dataset.test_per_class=100", "local.epochs=1", "progress=false",
-                 "partition.num_clients=3", "query.classes=[1]", "control=false", "checkpoint_dir=null",
-                 "simulation.network=isolated"]  # fmt: skip
-    run = subprocess.Popen([sys.executable, "-m", "qkt_flower.fl.launch", *overrides], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
+    run = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=cwd)  # fmt: skip
     seen, deadline = set(), time.monotonic() + 900
     while run.poll() is None and time.monotonic() < deadline:
         seen |= _listening_outside_loopback() - before
         time.sleep(0.2)
     if run.poll() is None:
         run.kill()
-        pytest.fail("flwr run did not finish within 15 min")
-    out, err = run.communicate()
+        pytest.fail(f"{module} did not finish within 15 min")
+    _, err = run.communicate()
     assert run.returncode == 0, err[-3000:]
+    return seen
+
+
+@sampling
+def test_a_simulation_listens_on_nothing_another_host_can_reach(tmp_path):
+    seen = _listening_during("qkt_flower.fl.simulation", [*OVERRIDES, f"hydra.run.dir={tmp_path}"])
+    assert (tmp_path / "results.json").is_file()
+    assert seen == set(), f"listening outside loopback during the simulation: {seen}"
+
+
+@sampling
+def test_flwr_run_on_a_local_superlink_listens_on_nothing_another_host_can_reach(tmp_path):
+    """``python -m qkt_flower.fl.launch``: the SuperLink ``flwr run`` starts and its Ray live in the namespace too."""
+    seen = _listening_during("qkt_flower.fl.launch", OVERRIDES, cwd=tmp_path)
     assert len(list(tmp_path.glob("outputs/*/*/results.json"))) == 1
     assert seen == set(), f"listening outside loopback during flwr run: {seen}"
