@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
+from pathlib import Path
 
 
 def code_fingerprint(*code) -> str:
@@ -22,3 +24,21 @@ def code_fingerprint(*code) -> str:
 def key_of(parts: list) -> str:
     """A short stable hash of JSON-able ``parts``."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+AUTO = "auto"
+"""``local.cache_dir=auto`` (the default): the user's cache folder."""
+
+
+def local_models_dir(setting: str | None) -> Path | None:
+    """The folder that keeps trained local models for ``local.cache_dir=setting``; ``None`` = no cache.
+
+    ``auto`` is ``$XDG_CACHE_HOME/qkt-flower/local-models`` (``~/.cache/qkt-flower/local-models`` when
+    ``XDG_CACHE_HOME`` is unset); any other string is a folder (``~`` expanded).
+    """
+    if not setting:
+        return None
+    if setting == AUTO:
+        root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(root).expanduser() / "qkt-flower" / "local-models"
+    return Path(setting).expanduser()

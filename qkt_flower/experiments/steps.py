@@ -19,7 +19,7 @@ from torch import nn
 
 from qkt_flower.data.federation import Federation
 from qkt_flower.errors import ConfigError
-from qkt_flower.experiments.cache import code_fingerprint, key_of
+from qkt_flower.experiments.cache import code_fingerprint, key_of, local_models_dir
 from qkt_flower.models import build_model
 from qkt_flower.qkt.engine import mixed_precision
 from qkt_flower.qkt.learn import query_learning
@@ -86,7 +86,7 @@ def init_seed(cfg, client: int) -> int:
 def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.Module:
     """Step 0 for one client: build its model from its seed and train it on its partition.
 
-    With ``local.cache_dir`` set, a model trained before under the same key is loaded instead of retrained
+    Unless ``local.cache_dir=null``, a model trained before under the same key is loaded instead of retrained
     (sweeps over QKT settings then cost only the query phases).
     """
     data = fed.client_data(client)
@@ -130,6 +130,7 @@ def local_training_code() -> tuple:
     import qkt_flower.data.sources as sources
     import qkt_flower.models as models
     import qkt_flower.models.cnn as cnn
+    import qkt_flower.models.pooling as pooling
     import qkt_flower.models.resnet as resnet
     import qkt_flower.qkt.engine as engine
     import qkt_flower.qkt.local as local
@@ -146,6 +147,7 @@ def local_training_code() -> tuple:
         sources,
         models,
         cnn,
+        pooling,
         resnet,
         engine,
         local,
@@ -191,9 +193,8 @@ def client_model_key(cfg, fed: Federation, client: int) -> str:
 
 def local_cache_file(cfg, fed: Federation, client: int) -> Path | None:
     """Where client ``client``'s trained model is cached (``None`` when ``local.cache_dir`` is off)."""
-    if not cfg.local.cache_dir:
-        return None
-    return Path(cfg.local.cache_dir).expanduser() / client_model_key(cfg, fed, client) / "model.pt"
+    root = local_models_dir(cfg.local.cache_dir)
+    return None if root is None else root / client_model_key(cfg, fed, client) / "model.pt"
 
 
 def samples_to_train(cfg, fed: Federation, client: int) -> int:
@@ -229,7 +230,7 @@ def choose_experts(
 ) -> tuple[dict[int, torch.Tensor], ExpertSelection]:
     """Masks of every teacher and the experts of each query class."""
     masks = cfg.strategy.mask.masks(scores)
-    return masks, select_experts(masks, scores, query_classes)
+    return masks, select_experts(masks, scores, query_classes, cfg.strategy.mask.max_experts)
 
 
 def expert_classes(

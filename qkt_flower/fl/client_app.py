@@ -93,7 +93,7 @@ def train(msg: Message, context: Context, defaults: NodeSettings | None = None) 
         if R.PROBE_SPEC in msg.content.config_records and teacher and node.probe:  # the probe, answered right away
             spec = msg.content.config_records[R.PROBE_SPEC]
             records[R.probe_scores_key(j)] = answer_probe(view, fed, model, spec, node, k)
-        keep_model(context, fed, k, model)
+        keep_model(context, fed, k, model, steps.local_cache_file(view, fed, k))
     remember_models(context, [model_key(feds[i], k) for i in first.values()])
     metrics = {"num-examples": len(feds[0].scenario.partitions[k]), "client": k, "train-seconds": seconds,
                "train-samples": samples, "handler-start": entered, "handler-end": time.time(), "pid": os.getpid(),

@@ -36,6 +36,7 @@ import yaml
 
 from qkt_flower.config import CONF_DIR, ExperimentConfig
 from qkt_flower.errors import ConfigError
+from qkt_flower.experiments.cache import local_models_dir
 from qkt_flower.models import build_model
 
 ENV = "QKT_NODE_CONFIG"
@@ -200,10 +201,12 @@ def default_root(dataset: str) -> str:
 def simulation_defaults(cfg: ExperimentConfig, cache_dir: str | None = None) -> NodeSettings:
     """The settings of simulated nodes: the user runs them all, so the user's paths are theirs.
 
-    ``cache_dir``: where they keep trained models (``local.cache_dir``, else the checkpoint's folder, if any);
+    ``cache_dir``: where they keep trained models (``local.cache_dir``; when it is ``null``, the checkpoint's
+    folder, if any);
     ``noise-seed`` is the run's seed, so a simulation with probe noise repeats to the digit.
     """
+    models = local_models_dir(cfg.local.cache_dir)
     return NodeSettings(
-        data_root=cfg.dataset.root, cache_dir=cfg.local.cache_dir or cache_dir,
+        data_root=cfg.dataset.root, cache_dir=str(models) if models else cache_dir,
         partition_cache=cfg.partition_cache, download=cfg.dataset.download, noise_seed=cfg.seed,
     )  # fmt: skip

@@ -9,7 +9,9 @@ its experiment describes, so each querier meets exactly the models of its run al
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -47,9 +49,32 @@ def model_key(fed: Federation, client: int) -> str:
     return f"{R.LOCAL_MODEL}.{fed.partition_key(client)}"
 
 
-def keep_model(context: Context, fed: Federation, client: int, model: torch.nn.Module) -> None:
-    """Keep ``model`` (trained on ``client``'s partition in ``fed``) in ``context.state``."""
-    context.state[model_key(fed, client)] = ArrayRecord(model.cpu().state_dict())
+def keep_model(
+    context: Context, fed: Federation, client: int, model: torch.nn.Module, file: Path | None = None
+) -> None:
+    """Keep ``model`` (trained on ``client``'s partition in ``fed``) in ``context.state``.
+
+    When the model is in the node's cache folder (``file``), the state keeps only where: a simulation holds every
+    node's context in memory, and 10,000 small CNNs would take 17 GB there (``docs/PERFORMANCE.md#scaling``).
+    """
+    if file is not None and file.is_file():
+        context.state[model_key(fed, client)] = ConfigRecord({"file": str(file)})
+    else:
+        context.state[model_key(fed, client)] = ArrayRecord(model.cpu().state_dict())
+
+
+def _stored(context: Context, key: str) -> ArrayRecord | None:
+    """The model kept under ``key``: its arrays, or loaded from the cache file the state names; ``None`` if none."""
+    if key in context.state.array_records:
+        return context.state.array_records[key]
+    if key not in context.state.config_records:
+        return None
+    file = Path(str(context.state.config_records[key]["file"]))
+    try:
+        return ArrayRecord(torch.load(file, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
+        raise NodeError("state", "this node's trained model left its cache folder: a 'train' message must come "
+                        "first") from None  # fmt: skip
 
 
 def remember_models(context: Context, keys: list[str]) -> None:
@@ -64,18 +89,22 @@ def indexed_record(context: Context, index) -> ArrayRecord:
     keys = list(records[R.LOCAL_MODELS]["keys"]) if R.LOCAL_MODELS in records else []
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(keys):
         raise NodeError("config", f"model index {index!r}: this node holds {len(keys)} model(s)")
-    return context.state.array_records[keys[index]]
+    record = _stored(context, keys[index])
+    if record is None:
+        raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
+    return record
 
 
 def require_models(context: Context) -> None:
     """Refuse a step that needs a trained model on a node that has none (before reading its data)."""
-    if not any(key.startswith(R.LOCAL_MODEL) for key in context.state.array_records):
+    prefix = f"{R.LOCAL_MODEL}."
+    if not any(key.startswith(prefix) for key in [*context.state.array_records, *context.state.config_records]):
         raise NodeError("state", "this node has no trained model yet: a 'train' message must come first")
 
 
 def local_record(fed: Federation, context: Context, client: int) -> ArrayRecord:
     """The weights this node trained on its partition in ``fed``; refused if it never did."""
-    record = context.state.array_records.get(model_key(fed, client))
+    record = _stored(context, model_key(fed, client))
     if record is None:
         raise NodeError("state", "this node has no trained model for this query yet: a 'train' message must come first")
     return record

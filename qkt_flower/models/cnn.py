@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qkt_flower.models.pooling import MaxPool2x2
+
 
 class SmallCNN(nn.Module):
     """Conv(32)-BN-ReLU-Pool, Conv(64)-BN-ReLU-Pool, FC(128)-ReLU, then ``head``.
@@ -20,11 +22,11 @@ class SmallCNN(nn.Module):
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
             nn.BatchNorm2d(2 * width),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.Flatten(),
             nn.Linear(2 * width * side * side, 128),
             nn.ReLU(inplace=True),

@@ -21,7 +21,8 @@ class LocalSpec:
     ``augment``: ``none`` or ``crop_flip`` (pad-4 random crop + flip per batch, the CIFAR recipe; set per dataset in
     ``conf/dataset/``). ``shared_init``: every client starts from the one model the federated baselines start from
     (FL practice; what a weight merge needs), instead of a model initialised from its own seed. ``cache_dir``: keep
-    trained local models there, keyed by everything that shapes them (``None`` = off).
+    trained local models there, keyed by everything that shapes them (``auto`` = the user's cache folder,
+    ``None`` = off).
     """
 
     epochs: int = 2
@@ -32,7 +33,7 @@ class LocalSpec:
     weight_decay: float = 0.0
     augment: str = "none"
     shared_init: bool = False
-    cache_dir: str | None = None
+    cache_dir: str | None = "auto"
 
     @property
     def optim(self) -> OptimSpec:

@@ -46,7 +46,9 @@ class MaskSpec:
     """The expert-mask rule and its parameters; ``enabled: false`` = every teacher is an expert of every class.
 
     ``profile_min_share``: a teacher truly "has" a class when it makes up at least this share of its data
-    (only used to score the masks' precision and recall, never by the method).
+    (only used to score the masks' precision and recall, never by the method). ``max_experts``: keep at most this
+    many experts per query class, the highest probe scores of that class (``None`` = every teacher the mask
+    names; with thousands of clients the experts' weights are what the querying node must receive and hold).
     """
 
     enabled: bool = True
@@ -55,6 +57,7 @@ class MaskSpec:
     topk: int = 3
     max_ratio: float = 0.1
     profile_min_share: float = 0.05
+    max_experts: int | None = None
 
     def check(self) -> None:
         """Refuse unknown rules and out-of-range parameters."""
@@ -63,6 +66,8 @@ class MaskSpec:
         require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
         require(0 < self.max_ratio <= 1, "max_ratio", self.max_ratio, "a float in (0, 1]")
         require(0 < self.profile_min_share < 1, "profile_min_share", self.profile_min_share, "a float in (0, 1)")
+        require(self.max_experts is None or self.max_experts >= 1, "max_experts", self.max_experts,
+                "an integer >= 1 or null")  # fmt: skip
 
     @property
     def param(self) -> float:
@@ -123,15 +128,25 @@ def known_class_gates(
 
 
 def select_experts(
-    masks: Mapping[int, torch.Tensor], scores: Mapping[int, torch.Tensor], query_classes: tuple[int, ...]
+    masks: Mapping[int, torch.Tensor],
+    scores: Mapping[int, torch.Tensor],
+    query_classes: tuple[int, ...],
+    max_experts: int | None = None,
 ) -> ExpertSelection:
-    """Experts ``E_c`` of each query class ``c``; falls back (and logs it) to the top scorer when none."""
+    """Experts ``E_c`` of each query class ``c``; falls back (and logs it) to the top scorer when none.
+
+    With ``max_experts``, only the ``max_experts`` experts of ``c`` with the highest scores on ``c`` are kept
+    (ties: the lower client id).
+    """
     if not masks:
         raise ValueError("no valid teacher answered the probe")
     experts: dict[int, list[int]] = {}
     fallbacks = []
     for c in query_classes:
         experts[c] = sorted(k for k, m in masks.items() if bool(m[c]))
+        if max_experts is not None and len(experts[c]) > max_experts:
+            ranked = sorted(experts[c], key=lambda k: (-float(scores[k][c]), k))
+            experts[c] = sorted(ranked[:max_experts])
         if not experts[c]:
             best = max(scores, key=lambda k: float(scores[k][c]))
             log.warning(

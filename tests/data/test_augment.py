@@ -1,8 +1,9 @@
 """Augmented query shots: seeded, label-preserving, only the asked classes, really different images."""
 
+import pytest
 import torch
 
-from qkt_flower.data.augment import augmented_copies
+from qkt_flower.data.augment import augmented_copies, shot_jitter, shot_transform
 from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.qkt.task import QueryTask
 from qkt_flower.qkt.transfer import TransferSpec, transfer_set
@@ -46,3 +47,15 @@ def test_jittered_local_rows_join_the_shot_copies_with_their_own_labels():
     local = grown.subset(torch.arange(len(data) + 10, len(grown)))
     assert sorted(local.labels.tolist()) == sorted(data.labels[data.labels < 2].tolist() * 2)
     assert not torch.equal(local.images[:10], data.images[data.labels < 2])  # jittered, not duplicated
+
+
+@pytest.mark.parametrize("shape", [(300, 1, 28, 28), (120, 3, 32, 32), (7, 1, 9, 13)])
+def test_batched_jitter_equals_torchvisions_transform_image_by_image(shape):
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    transform = shot_transform()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        expected = torch.stack([transform(x) for x in images])
+    before = torch.random.get_rng_state()
+    assert torch.equal(shot_jitter(images, 11), expected)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random stream is left alone

@@ -148,6 +148,28 @@ def test_a_node_takes_its_paths_from_its_own_config_never_from_a_message(tmp_pat
     assert list(mine.rglob("model.pt"))  # the node's model is where the node said
 
 
+@needs_fmnist
+def test_a_node_with_a_cache_folder_keeps_where_its_model_is_not_the_model(tmp_path):
+    """A simulation holds every node's context in memory: with a cache folder the state names the model's file
+    (a few bytes, not 1.7 MB per node), a weights message is answered from it, and a vanished file is refused."""
+    import torch
+
+    context = _context(**{"data-root": FMNIST, "cache-dir": str(tmp_path / "models")})
+    client_app.train(_train_message(_yaml(**SMALL)), context)
+    assert not [k for k in context.state.array_records if k.startswith(R.LOCAL_MODEL)]
+    (key,) = [k for k in context.state.config_records if k.startswith(f"{R.LOCAL_MODEL}.")]
+    file = Path(str(context.state.config_records[key]["file"]))
+    assert file.is_relative_to(tmp_path / "models") and file.is_file()
+    sent = R.state_dict_of(
+        client_app.weights(_message(_yaml(**SMALL)), context).content.array_records[R.TEACHER_ARRAYS]
+    )
+    saved = torch.load(file, weights_only=True)
+    assert sent.keys() == saved.keys() and all(torch.equal(sent[k], saved[k]) for k in saved)
+    file.unlink()
+    with pytest.raises(client_app.NodeError, match=r"^state: this node's trained model left its cache folder"):
+        client_app.weights(_message(_yaml(**SMALL)), context)
+
+
 def test_the_server_sends_no_path_or_checkpoint_key():
     text = _yaml(dataset__root="/srv/private/data", local__cache_dir="/srv/cache", partition_cache="/srv/splits",
                  checkpoint_dir="/srv/ckpt", resume=True)  # fmt: skip

@@ -23,7 +23,7 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory):
-    dcfg = compose_config(OVERRIDES)
+    dcfg = compose_config([*OVERRIDES, "local.cache_dir=null"])  # trains: the samples are counted below
     out = tmp_path_factory.mktemp("queriers")
     simulate(to_config(dcfg), OmegaConf.to_yaml(dcfg, resolve=True), out)
     return to_config(dcfg), load_results(out)

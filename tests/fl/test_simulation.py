@@ -31,7 +31,7 @@ def _config(extra=()):
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
-    cfg, yaml = _config()
+    cfg, yaml = _config(["local.cache_dir=null"])  # trains (tests below count the samples), caches nothing
     simulate(cfg, yaml, out)
     return load_results(out)
 

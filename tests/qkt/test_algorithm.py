@@ -35,6 +35,24 @@ def test_experts_and_fallback():
     assert sel.relevant == [1, 2, 3]
 
 
+def test_max_experts_keeps_the_highest_scores_of_each_query_class():
+    scores = {k: torch.tensor([0.1, 0.9 - 0.1 * k, 0.1]) for k in range(1, 6)}
+    scores[6] = scores[5].clone()  # ties: the lower client id stays
+    masks = {k: torch.tensor([False, True, False]) for k in scores}
+    assert select_experts(masks, scores, (1,)).experts[1] == [1, 2, 3, 4, 5, 6]
+    assert select_experts(masks, scores, (1,), max_experts=2).experts[1] == [1, 2]
+    assert select_experts(masks, {k: s.flip(0).flip(0) for k, s in scores.items()}, (1,), 7).experts[1] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    scores[6][1] = 0.95
+    assert select_experts(masks, scores, (1,), max_experts=2).experts[1] == [1, 6]
+
+
 def test_mask_quality_hand_computed():
     masks = {1: torch.tensor([True, True, False]), 2: torch.tensor([False, True, True])}
     truth = {1: torch.tensor([True, False, False]), 2: torch.tensor([False, True, True])}

@@ -1,0 +1,45 @@
+"""The fast 2x2 max pooling gives ``nn.MaxPool2d(2)``'s outputs and gradients, bit for bit, ties and NaNs included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkt_flower.models import build_model
+from qkt_flower.models.pooling import MaxPool2x2
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 28, 28), (8, 4, 7, 7), (3, 5, 14, 15), (64, 32, 28, 28)])
+def test_outputs_and_gradients_equal_max_pool2d_even_on_ties(shape):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, shape, generator=gen).float()  # three values: most windows hold ties
+    x[0, 0, 0, 0] = float("nan")
+    x[-1, -1, 1, 1] = float("-inf")
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = MaxPool2x2()(ours), F.max_pool2d(theirs, 2)
+    grad = torch.randn(ref.shape, generator=gen)
+    out.backward(grad)
+    ref.backward(grad)
+    assert out.is_contiguous() and out.shape == ref.shape
+    assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0)) and torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(ours.grad, theirs.grad)
+
+
+def test_a_model_trains_to_the_same_bits_with_either_pooling():
+    def trained(pool: bool) -> dict:
+        torch.manual_seed(0)
+        model = build_model("cnn", (1, 28, 28), 10, seed=0)
+        if not pool:
+            model.body[3], model.body[7] = torch.nn.MaxPool2d(2), torch.nn.MaxPool2d(2)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            x, y = torch.randn(32, 1, 28, 28, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return model.state_dict()
+
+    ours, theirs = trained(True), trained(False)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
