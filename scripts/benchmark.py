@@ -8,7 +8,7 @@ Every measurement runs the real entry points as subprocesses on the same machine
 2. scaling: wall time and peak memory (PSS summed over the process tree: driver, Ray and its workers)
    for ``--clients`` simulated clients (small CNN, Fashion-MNIST, ``local.epochs=1``).
 
-    python scripts/benchmark.py                                  # 10, 100, 1000 clients
+    python scripts/benchmark.py                                  # 10, 100, 1000, 3000, 10000 clients
     python scripts/benchmark.py --clients 10 100 --skip-default  # scaling only
 
 Prints a Markdown table and writes ``benchmark.json`` / ``benchmark.md`` (plus each run's results and log)
@@ -28,7 +28,7 @@ from qkt_flower.fl import benchmark
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="*", default=[10, 100, 1000], help="scaling counts")
+    parser.add_argument("--clients", type=int, nargs="*", default=[10, 100, 1000, 3000, 10000], help="scaling counts")
     parser.add_argument("--skip-default", action="store_true", help="skip the default-experiment comparison")
     parser.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every run")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before it is killed")

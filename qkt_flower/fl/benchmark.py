@@ -11,6 +11,7 @@ driver, and shared pages count once. What the runs measure (throughput, probe sh
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -61,7 +62,8 @@ def run_measured(args: list[str], run_dir: Path, timeout: float) -> dict:
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", *args, f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    # every run trains its local models: a cache folder of its own (emptied afterwards), not the user's
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "XDG_CACHE_HOME": str(run_dir / "cache")}
     peak, done = [0], threading.Event()
     start = time.perf_counter()
     with open(run_dir / "log.txt", "w") as log:
@@ -83,6 +85,7 @@ def run_measured(args: list[str], run_dir: Path, timeout: float) -> dict:
             watcher.join()
             _stop_group(proc.pid)
     wall = time.perf_counter() - start
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)
     results = None
     if rc == 0 and (run_dir / "results.json").is_file():
         from omegaconf import OmegaConf
