@@ -129,7 +129,7 @@ def _hydra_main(dcfg: DictConfig) -> float:
         cfg = to_config(dcfg)
         if cfg.resume:  # the reference runner keeps no checkpoint: a silent retrain would look like a resume
             why = "false here: qkt-reference keeps no checkpoint (resume is for qkt-flower and flwr run)"
-            raise ConfigError("resume", True, f"{why}; local.cache_dir=<folder> reuses trained local models")
+            raise ConfigError("resume", True, f"{why}; trained local models are reused from local.cache_dir")
         if len(cfg.queriers()) > 1:
             why = "null here: qkt-reference runs one querying client (query.client=N, once per client)"
             raise ConfigError("query.clients", cfg.query.clients, f"{why}; qkt-flower serves several in one run")

@@ -6,7 +6,8 @@ Every measurement runs the real entry points as subprocesses on the same machine
    of step 0, Flower's timed from its first handler on; ratio, goal ≥ 0.9), probe + masking as a share of local
    training (goal ≤ 1 %), and the bytes QKT moved vs one FedAvg round over all clients (goal ≤ 0.3);
 2. scaling: wall time and peak memory (PSS summed over the process tree: driver, Ray and its workers)
-   for ``--clients`` simulated clients (small CNN, Fashion-MNIST, ``local.epochs=1``).
+   for ``--clients`` simulated clients (small CNN, Fashion-MNIST, ``local.epochs=1``; from 10,000 clients on,
+   ``strategy.mask.max_experts=300``: see docs/PERFORMANCE.md#scaling). 3,000 clients take ~13 min, 10,000 ~30.
 
     python scripts/benchmark.py                                  # 10, 100, 1000, 3000, 10000 clients
     python scripts/benchmark.py --clients 10 100 --skip-default  # scaling only

@@ -27,6 +27,9 @@ local training, QKT's bytes ≤ 0.3 × one FedAvg round."""
 SCALING = ["local.epochs=1", "control=false", "progress=false", "query.min_local_count=1"]
 """Overrides of the scaling runs: one local epoch and no control, so many clients stay affordable; at 3,000+
 clients a client holds 2-7 images per class, so any class it holds counts as local (the default asks for 20)."""
+CAP_FROM, CAP = 10_000, "strategy.mask.max_experts=300"
+"""From 10,000 clients on, a scaling run keeps the 300 best experts (unless ``--extra`` sets ``max_experts``): the
+mask names ~37 % of the teachers, and 3,684 experts' weights need ~27 GiB on the querying node and the server."""
 
 
 def memory_kib(pid: int) -> int:
@@ -186,7 +189,8 @@ def scaling(out: Path, counts: list[int], extra: list[str], timeout: float) -> l
     rows = []
     for n in counts:
         print(f"scaling: {n} clients ...", flush=True)
-        overrides = [f"partition.num_clients={n}", *SCALING, *extra]
+        capped = [CAP] if n >= CAP_FROM and not any(e.startswith("strategy.mask.max_experts=") for e in extra) else []
+        overrides = [f"partition.num_clients={n}", *SCALING, *capped, *extra]
         rows.append(scaling_row(n, run_measured(["qkt_flower.fl.simulation", *overrides], out / f"clients_{n}",
                                                 timeout)))  # fmt: skip
         row = rows[-1]
