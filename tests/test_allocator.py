@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -41,8 +42,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
         assert run.returncode == 0, run.stderr[-2000:]
         return int(run.stdout.split()[-1])
-
-    import os
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     kept = faults(base)

@@ -59,15 +59,13 @@ def augmented_copies(
 ) -> ImageDataset:
     """``copies`` jittered versions of every row whose label is in ``classes`` (same labels, same order)."""
     rows = torch.nonzero(torch.isin(data.labels, torch.tensor(classes, dtype=data.labels.dtype))).flatten()
-    if jitter == "crop_flip":
-        generator = torch.Generator().manual_seed(seed)
-        images = [crop_flip(data.images[rows], generator) for _ in range(copies)] if len(rows) else []
-        if not images:
-            return ImageDataset(data.images[:0], data.labels[:0], data.classes, data.mean, data.std)
-        return ImageDataset(torch.cat(images), data.labels[rows].repeat(copies), data.classes, data.mean, data.std)
     if not len(rows) or copies <= 0:
         return ImageDataset(data.images[:0], data.labels[:0], data.classes, data.mean, data.std)
-    images = shot_jitter(data.images[rows].repeat(copies, 1, 1, 1), seed)
+    if jitter == "crop_flip":
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.cat([crop_flip(data.images[rows], generator) for _ in range(copies)])
+    else:
+        images = shot_jitter(data.images[rows].repeat(copies, 1, 1, 1), seed)
     return ImageDataset(images, data.labels[rows].repeat(copies), data.classes, data.mean, data.std)
 
 

@@ -35,7 +35,8 @@ TEACHER_ARRAYS = "teacher-arrays"  # ArrayRecord of one teacher (reply to query.
 EXPERT_ARRAYS = "expert-arrays."  # prefix + teacher id, in the train.qkt message
 EXPERT_MASKS = "expert-masks"  # ConfigRecord {"<id>.query": [..], "<id>.known": [..]}
 METRICS = "metrics"  # MetricRecord of a reply
-LOCAL_MODEL = "local-model"  # prefix + partition fingerprint: ArrayRecords kept in the node's context.state
+LOCAL_MODEL = "local-model"  # prefix + partition fingerprint: the node's model in context.state (ArrayRecord, or
+# ConfigRecord {"file": ...} naming it in the node's cache folder)
 LOCAL_MODELS = "local-models"  # ConfigRecord {"keys": the LOCAL_MODEL keys, in the order train replies index them}
 MODEL = "model"  # ConfigRecord {"index": j}: which of a node's models a query.weights message asks for (default 0)
 TEACHER_PREFIX = "teacher-arrays."  # prefix + client id, in the train.baselines message
