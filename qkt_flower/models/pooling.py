@@ -7,7 +7,10 @@ layer runs exactly as before. The pooled values are the same (a maximum is exact
 offsets ``h * W + w`` in both layouts and pick the same element on ties (``tests/models/test_pooling.py``), and the
 backward pass is PyTorch's own NCHW kernel fed with those indices: a model trains to the same bits.
 
-On other devices it is ``F.max_pool2d``.
+When no gradient is wanted (evaluation, teacher logits, calibration) there are no indices to keep: the pooled
+values are the elementwise maximum of the four strided views of the input, NaN propagating as in the kernel —
+3x faster again, and no layout copies (inference spent a third of its time pooling). On other devices it is
+``F.max_pool2d``.
 """
 
 from __future__ import annotations
@@ -35,11 +38,21 @@ class _Pool2x2(torch.autograd.Function):
                                                                [1, 1], False, idx)  # fmt: skip
 
 
+def _pooled_values(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling's values (floor mode: an odd last row / column is dropped), no indices."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+    return torch.maximum(top, torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
+
+
 class MaxPool2x2(nn.Module):
     """``nn.MaxPool2d(2)`` on NCHW inputs: same outputs and gradients, channels-last kernel on CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled ``x``: through the channels-last kernel for a contiguous 4-d CPU tensor, else ``F.max_pool2d``."""
+        """Pooled ``x``: for a contiguous 4-d CPU tensor through the channels-last kernel when a gradient is
+        wanted, as a maximum of strided views when not; else ``F.max_pool2d``."""
         if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
             return F.max_pool2d(x, 2)
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return _pooled_values(x)
         return _Pool2x2.apply(x)

@@ -49,7 +49,7 @@ def test_jittered_local_rows_join_the_shot_copies_with_their_own_labels():
     assert not torch.equal(local.images[:10], data.images[data.labels < 2])  # jittered, not duplicated
 
 
-@pytest.mark.parametrize("shape", [(300, 1, 28, 28), (120, 3, 32, 32), (7, 1, 9, 13)])
+@pytest.mark.parametrize("shape", [(300, 1, 28, 28), (120, 3, 32, 32), (7, 1, 9, 13), (3000, 1, 8, 8)])
 def test_batched_jitter_equals_torchvisions_transform_image_by_image(shape):
     images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     transform = shot_transform()
