@@ -18,6 +18,7 @@ from qkt_flower.baselines.proximal import train_round
 from qkt_flower.data.federation import Federation
 from qkt_flower.errors import ConfigError
 from qkt_flower.experiments.steps import client_seed, precision, query_task
+from qkt_flower.experiments.threads import in_parallel, one_thread
 from qkt_flower.models import build_model
 
 ONE_ROUND = ("ensemble", "vanilla_kd", "feddf")
@@ -78,10 +79,11 @@ def one_round_baseline(
 def federated_round(
     cfg, fed: Federation, client: int, model: nn.Module, server_round: int, mu: float, device
 ) -> nn.Module:
-    """One client round of FedAvg (``mu = 0``) / FedProx from the global weights in ``model`` (trained in place)."""
+    """One client round of FedAvg (``mu = 0``) / FedProx from the global weights in ``model`` (trained in place,
+    on one CPU thread as in the simulation: :mod:`qkt_flower.experiments.threads`)."""
     b = cfg.baselines
     seed = client_seed(cfg.seed, client) + 7_919 * server_round  # a fresh batch order every round
-    with precision(cfg, torch.device(device)):
+    with one_thread(), precision(cfg, torch.device(device)):
         train_round(
             model,
             fed.client_data(client),
@@ -103,12 +105,11 @@ def federated_baseline(cfg, fed: Federation, mu: float, rounds: int, eval_rounds
     sizes = [len(fed.scenario.partitions[k]) for k in clients]
     out: dict[int, nn.Module] = {}
     for server_round in range(1, rounds + 1):
-        start = copy.deepcopy(model.state_dict())
-        updates = []
-        for k in clients:
-            model.load_state_dict(start)
-            trained = federated_round(cfg, fed, k, model, server_round, mu, device)
-            updates.append({n: t.detach().clone() for n, t in trained.state_dict().items()})
+        def update(k: int, server_round=server_round) -> dict[str, torch.Tensor]:
+            trained = federated_round(cfg, fed, k, copy.deepcopy(model), server_round, mu, device)
+            return {n: t.detach().clone() for n, t in trained.state_dict().items()}
+
+        updates = in_parallel(update, clients, device)
         model.load_state_dict(average_state_dicts(updates, sizes))
         if server_round in eval_rounds:
             out[server_round] = copy.deepcopy(model).eval()

@@ -18,6 +18,7 @@ from qkt_flower.data.datasets import ImageDataset
 from qkt_flower.data.federation import Federation, build_federation
 from qkt_flower.errors import ConfigError
 from qkt_flower.experiments import steps
+from qkt_flower.experiments.threads import in_parallel
 from qkt_flower.qkt.evaluate import evaluate_view
 from qkt_flower.qkt.probe import check_probe_reply
 
@@ -110,6 +111,7 @@ def prepare(cfg, device: torch.device | None = None) -> Experiment:
     fed = build_federation(cfg.dataset, cfg.partition, cfg.query, cfg.seed, cfg.partition_cache)
     seconds = {"data": time.perf_counter() - start}
     start = time.perf_counter()
-    models = {k: steps.train_client(cfg, fed, k, device) for k in range(fed.num_clients)}
+    clients = range(fed.num_clients)  # side by side, one per core (each on one thread, as on the nodes)
+    models = dict(zip(clients, in_parallel(lambda k: steps.train_client(cfg, fed, k, device), clients, device)))
     seconds["local_training"] = time.perf_counter() - start
     return Experiment(cfg, fed, models, device, seconds)

@@ -8,9 +8,6 @@ runtimes agree.
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from torch import nn
 from qkt_flower.data.federation import Federation
 from qkt_flower.errors import ConfigError
 from qkt_flower.experiments.cache import code_fingerprint, key_of, local_models_dir
+from qkt_flower.experiments.threads import one_thread
 from qkt_flower.models import build_model
 from qkt_flower.qkt.engine import mixed_precision
 from qkt_flower.qkt.learn import query_learning
@@ -54,22 +52,6 @@ def precision(cfg, device: torch.device):
     return mixed_precision(torch.bfloat16 if on else None)
 
 
-@contextmanager
-def every_core() -> Iterator[None]:
-    """Let torch use every core this process may run on, for a step that only one node runs.
-
-    A context manager, or a decorator (``@every_core()``) for a whole handler. Ray gives each simulated node
-    one CPU (so that nodes train in parallel) and torch then uses one thread; the query phases, the baselines
-    and the evaluations run on the querying node alone, and would leave the other cores idle.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, before))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def client_seed(seed: int, client: int) -> int:
     """Seed of client ``client``'s model init and batch order: independent of which process trains it."""
     return seed * 100_003 + client
@@ -84,7 +66,8 @@ def init_seed(cfg, client: int) -> int:
 
 
 def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.Module:
-    """Step 0 for one client: build its model from its seed and train it on its partition.
+    """Step 0 for one client: build its model from its seed and train it on its partition, on one CPU thread
+    (:mod:`qkt_flower.experiments.threads`: the same model in every runtime).
 
     Unless ``local.cache_dir=null``, a model trained before under the same key is loaded instead of retrained
     (sweeps over QKT settings then cost only the query phases).
@@ -96,7 +79,7 @@ def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
         return model.to(device).eval()
     local = cfg.local
-    with precision(cfg, torch.device(device)):
+    with one_thread(), precision(cfg, torch.device(device)):
         train_local(
             model,
             data,

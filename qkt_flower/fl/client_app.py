@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from qkt_flower.config import ExperimentConfig
 from qkt_flower.data.federation import Federation
 from qkt_flower.experiments import federated, steps
+from qkt_flower.experiments.threads import every_core
 from qkt_flower.fl import records as R
 from qkt_flower.fl.guard import NodeError, guarded
 from qkt_flower.fl.node import LimitError, NodeSettings
@@ -156,7 +157,7 @@ def querying_node(fed: Federation, context: Context) -> None:
 
 
 @guarded
-@steps.every_core()  # only this node works in this step
+@every_core()  # only this node works in this step
 def qkt(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """On the querying node: learn the query classes from the experts, on its own data, and report metrics."""
     cfg = experiment(msg, context, defaults)
@@ -211,7 +212,7 @@ def _view_metrics(prefix: str, model: torch.nn.Module, fed: Federation, device) 
 
 
 @guarded
-@steps.every_core()  # only this node works in this step
+@every_core()  # only this node works in this step
 def baselines(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """On the querying node: the one-round baselines from every teacher's weights, on its own data."""
     cfg = experiment(msg, context, defaults)
@@ -236,7 +237,7 @@ def baselines(msg: Message, context: Context, defaults: NodeSettings | None = No
 
 
 @guarded
-@steps.every_core()  # only this node works in this step
+@every_core()  # only this node works in this step
 def evaluate_global(msg: Message, context: Context, defaults: NodeSettings | None = None) -> Message:
     """On the querying node: test-view accuracy of a global model, and after fine-tuning it on its own data."""
     cfg = experiment(msg, context, defaults)

@@ -6,6 +6,7 @@ extractor work without per-architecture code.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,10 @@ class ModelSpec:
         require(self.name in MODELS, "name", self.name, f"one of {sorted(MODELS)}")
 
 
+_GLOBAL_RNG = threading.Lock()
+"""Held while a model is built from its seed: the global RNG is one per process, whichever thread builds."""
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
     """Build model ``name`` with weights initialised from ``seed`` (independent of global RNG state).
 
@@ -55,6 +60,6 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
     """
     if name not in MODELS:
         raise ConfigError("model.name", name, f"one of {sorted(MODELS)}")
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # one model at a time: clients may train side by side
         torch.manual_seed(seed)
         return MODELS[name](in_channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1])
