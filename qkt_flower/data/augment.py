@@ -114,7 +114,7 @@ def shot_jitter(images: torch.Tensor, seed: int) -> torch.Tensor:
     shifts_y = _uniform(draws[:, 3], -max_dy, max_dy).tolist()
     scales = _uniform(draws[:, 4], *affine.scale).tolist()
     matrices = []
-    for angle, dx, dy, scale in zip(angles, shifts_x, shifts_y, scales):
+    for angle, dx, dy, scale in zip(angles, shifts_x, shifts_y, scales, strict=True):
         degrees, translate, shear, _ = _affine_parse_args(angle, (int(round(dx)), int(round(dy))), scale, (0.0, 0.0),
                                                           mode, affine.center)  # fmt: skip
         matrices.append(_get_inverse_affine_matrix([0.0, 0.0], degrees, [float(t) for t in translate], scale, shear))

@@ -7,6 +7,7 @@ client order; the in-process pipeline and the grid use these to compare against 
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -79,8 +80,10 @@ def one_round_baseline(
 def federated_round(
     cfg, fed: Federation, client: int, model: nn.Module, server_round: int, mu: float, device
 ) -> nn.Module:
-    """One client round of FedAvg (``mu = 0``) / FedProx from the global weights in ``model`` (trained in place,
-    on one CPU thread as in the simulation: :mod:`qkt_flower.experiments.threads`)."""
+    """One client round of FedAvg (``mu = 0``) / FedProx from the global weights in ``model``, trained in place.
+
+    On one CPU thread, as in the simulation (:mod:`qkt_flower.experiments.threads`).
+    """
     b = cfg.baselines
     seed = client_seed(cfg.seed, client) + 7_919 * server_round  # a fresh batch order every round
     with one_thread(), precision(cfg, torch.device(device)):
@@ -98,17 +101,19 @@ def federated_round(
     return model.eval()
 
 
+def _client_update(cfg, fed: Federation, model: nn.Module, server_round: int, mu: float, device, client: int):
+    trained = federated_round(cfg, fed, client, copy.deepcopy(model), server_round, mu, device)
+    return {n: t.detach().clone() for n, t in trained.state_dict().items()}
+
+
 def federated_baseline(cfg, fed: Federation, mu: float, rounds: int, eval_rounds, device) -> dict[int, nn.Module]:
     """FedAvg (``mu = 0``) / FedProx without Flower: the global model after each round in ``eval_rounds``."""
     model = initial_global_model(cfg, fed.train.input_shape, fed.train.num_classes).to(device)
     clients = list(range(fed.num_clients))
     sizes = [len(fed.scenario.partitions[k]) for k in clients]
     out: dict[int, nn.Module] = {}
-    for server_round in range(1, rounds + 1):
-        def update(k: int, server_round=server_round) -> dict[str, torch.Tensor]:
-            trained = federated_round(cfg, fed, k, copy.deepcopy(model), server_round, mu, device)
-            return {n: t.detach().clone() for n, t in trained.state_dict().items()}
-
+    for server_round in range(1, rounds + 1):  # the clients of a round side by side, each on a copy
+        update = functools.partial(_client_update, cfg, fed, model, server_round, mu, device)
         updates = in_parallel(update, clients, device)
         model.load_state_dict(average_state_dicts(updates, sizes))
         if server_round in eval_rounds:

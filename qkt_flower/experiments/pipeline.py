@@ -7,6 +7,7 @@ computed once per probe spec, and every variant of a grid reuses them (:meth:`Ex
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ def prepare(cfg, device: torch.device | None = None) -> Experiment:
     seconds = {"data": time.perf_counter() - start}
     start = time.perf_counter()
     clients = range(fed.num_clients)  # side by side, one per core (each on one thread, as on the nodes)
-    models = dict(zip(clients, in_parallel(lambda k: steps.train_client(cfg, fed, k, device), clients, device)))
+    trained = in_parallel(functools.partial(steps.train_client, cfg, fed, device=device), clients, device)
+    models = dict(zip(clients, trained, strict=True))
     seconds["local_training"] = time.perf_counter() - start
     return Experiment(cfg, fed, models, device, seconds)

@@ -66,9 +66,9 @@ def init_seed(cfg, client: int) -> int:
 
 
 def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.Module:
-    """Step 0 for one client: build its model from its seed and train it on its partition, on one CPU thread
-    (:mod:`qkt_flower.experiments.threads`: the same model in every runtime).
+    """Step 0 for one client: build its model from its seed and train it on its partition.
 
+    Training runs on one CPU thread (:mod:`qkt_flower.experiments.threads`: the same model in every runtime).
     Unless ``local.cache_dir=null``, a model trained before under the same key is loaded instead of retrained
     (sweeps over QKT settings then cost only the query phases).
     """

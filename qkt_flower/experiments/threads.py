@@ -12,7 +12,6 @@ The steps only the querying node runs (query learning, baselines, evaluations) u
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,7 +46,7 @@ def every_core() -> Iterator[None]:
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """torch on one CPU thread inside this block, in the calling Python thread.
+    """Run torch on one CPU thread inside this block, in the calling Python thread.
 
     The setting is the calling thread's own (OpenMP's and MKL's thread counts are per thread; a thread that never
     set one takes the last value any thread set, at its first parallel operation), so each thread of
@@ -62,10 +61,12 @@ def one_thread() -> Iterator[None]:
 
 
 def in_parallel(fn: Callable[[T], R], items: Iterable[T], device: torch.device) -> list[R]:
-    """``[fn(x) for x in items]``, on CPU with one Python thread per usable core (torch releases the GIL in its
-    kernels); in order, exceptions raised as in the loop. ``fn`` must not touch the global RNG while another runs
-    (model construction is locked in :func:`qkt_flower.models.build_model`). The caller's thread count is read
-    before (a thread takes the last count set anywhere at its first parallel operation) and set again after."""
+    """``[fn(x) for x in items]``, on CPU with one Python thread per usable core (torch releases the GIL).
+
+    In order, exceptions raised as in the loop. ``fn`` must not touch the global RNG while another runs (model
+    construction is locked in :func:`qkt_flower.models.build_model`). The caller's thread count is read before
+    (a thread takes the last count set anywhere at its first parallel operation) and set again after.
+    """
     items = list(items)
     workers = min(usable_cores(), len(items)) if torch.device(device).type == "cpu" else 1
     if workers <= 1:

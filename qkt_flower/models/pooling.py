@@ -49,8 +49,10 @@ class MaxPool2x2(nn.Module):
     """``nn.MaxPool2d(2)`` on NCHW inputs: same outputs and gradients, channels-last kernel on CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled ``x``: for a contiguous 4-d CPU tensor through the channels-last kernel when a gradient is
-        wanted, as a maximum of strided views when not; else ``F.max_pool2d``."""
+        """Pooled ``x``; ``F.max_pool2d`` unless ``x`` is a contiguous 4-d CPU tensor.
+
+        Then through the channels-last kernel when a gradient is wanted, as a maximum of strided views when not.
+        """
         if x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
             return F.max_pool2d(x, 2)
         if not (x.requires_grad and torch.is_grad_enabled()):

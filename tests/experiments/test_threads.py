@@ -83,7 +83,7 @@ def test_a_clients_model_does_not_depend_on_the_callers_threads_or_its_neighbour
     on_one = states(steps.train_client(cfg, fed, k, cpu) for k in range(3))
     torch.set_num_threads(2)
     for other in (side_by_side, on_one):
-        assert all(torch.equal(a[n], b[n]) for a, b in zip(alone, other) for n in a)
+        assert all(torch.equal(a[n], b[n]) for a, b in zip(alone, other, strict=True) for n in a)
     # a FedAvg round too: the global model after one round, clients side by side vs one thread
     rounds = federated.federated_baseline(cfg, fed, 0.0, 1, [1], cpu)[1].state_dict()
     torch.set_num_threads(1)

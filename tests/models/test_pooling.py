@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from qkt_flower.models import build_model
 from qkt_flower.models.pooling import MaxPool2x2
 
-
 SHAPES = [(8, 4, 28, 28), (8, 4, 7, 7), (3, 5, 14, 15), (64, 32, 28, 28)]
 
 
