@@ -68,6 +68,7 @@ class SimulationSpec:
     num_gpus: float = 0.0
     connect_timeout: float = 60.0
     reply_timeout: float = 3600.0
+    query_timeout: float = 300.0
     network: str = "auto"
 
     def check(self) -> None:
@@ -75,7 +76,7 @@ class SimulationSpec:
         require(self.network in ("auto", "isolated", "host"), "network", self.network, "auto, isolated or host")
         require(self.num_cpus >= 1, "num_cpus", self.num_cpus, "an integer >= 1 (CPUs per simulated client)")
         require(self.num_gpus >= 0, "num_gpus", self.num_gpus, "a float >= 0 (fractions share a GPU)")
-        for key in ("connect_timeout", "reply_timeout"):
+        for key in ("connect_timeout", "reply_timeout", "query_timeout"):
             require(getattr(self, key) > 0, key, getattr(self, key), "seconds > 0")
 
 

@@ -34,6 +34,7 @@ from qkt_flower.errors import ConfigError
         ("strategy.probe.kind=pink", "strategy.probe.kind"),
         ("local.lr=0", "local.lr"),
         ("method.phases.0.epoch_samples=0", "method.phases.0.epoch_samples"),
+        ("simulation.query_timeout=0", "simulation.query_timeout"),
     ],
 )
 def test_bad_values_raise_config_error(override, key):

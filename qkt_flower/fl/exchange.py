@@ -34,7 +34,9 @@ class Exchange:
         start = time.perf_counter()
         sent = self.bytes["sent"]  # steps may repeat (re-selection): accumulate
         sent[step] = sent.get(step, 0) + sum(R.payload_bytes(m.content) for m in messages)
-        replies = list(grid.send_and_receive(messages, timeout=self.timeout))
+        quick = all(m.metadata.message_type.startswith("query") for m in messages)  # probe answers, expert weights
+        timeout = self.cfg.simulation.query_timeout if quick else self.timeout
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
         # An error reply may come from the SuperLink itself (e.g. "Node Unavailable" for a node that
         # stopped sending heartbeats), so match replies to the message they answer, not to their source.
         dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
