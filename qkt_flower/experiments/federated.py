@@ -86,7 +86,7 @@ def federated_round(
     """
     b = cfg.baselines
     seed = client_seed(cfg.seed, client) + 7_919 * server_round  # a fresh batch order every round
-    with one_thread(), precision(cfg, torch.device(device)):
+    with one_thread(device), precision(cfg, torch.device(device)):
         train_round(
             model,
             fed.client_data(client),

@@ -79,7 +79,7 @@ def train_client(cfg, fed: Federation, client: int, device: torch.device) -> nn.
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
         return model.to(device).eval()
     local = cfg.local
-    with one_thread(), precision(cfg, torch.device(device)):
+    with one_thread(device), precision(cfg, torch.device(device)):
         train_local(
             model,
             data,

@@ -45,13 +45,16 @@ def every_core() -> Iterator[None]:
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one CPU thread inside this block, in the calling Python thread.
+def one_thread(device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run torch on one CPU thread inside this block, in the calling Python thread (nothing for a GPU ``device``).
 
     The setting is the calling thread's own (OpenMP's and MKL's thread counts are per thread; a thread that never
     set one takes the last value any thread set, at its first parallel operation), so each thread of
     :func:`in_parallel` sets and restores its own, and a neighbour that leaves first changes nothing for the rest.
     """
+    if torch.device(device).type != "cpu":
+        yield
+        return
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

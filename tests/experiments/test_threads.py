@@ -36,6 +36,8 @@ def test_one_thread_is_the_calling_threads_own():
         seen["main inside, worker gone"] = torch.get_num_threads()  # the worker's restore is its own
     assert seen == {"worker": 1, "main, worker inside": 2, "main inside, worker gone": 1}
     assert torch.get_num_threads() == 2
+    with one_thread("cuda"):  # a GPU's work: the CPU threads are left as they are
+        assert torch.get_num_threads() == 2
 
 
 def test_clients_side_by_side_each_on_one_thread_and_the_caller_keeps_its_count():
