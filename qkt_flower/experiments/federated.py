@@ -101,7 +101,8 @@ def federated_round(
     return model.eval()
 
 
-def _client_update(cfg, fed: Federation, model: nn.Module, server_round: int, mu: float, device, client: int):
+def client_update(cfg, fed: Federation, model: nn.Module, server_round: int, mu: float, device, client: int):
+    """Client ``client``'s weights after its round from a copy of the global ``model`` (``model`` is untouched)."""
     trained = federated_round(cfg, fed, client, copy.deepcopy(model), server_round, mu, device)
     return {n: t.detach().clone() for n, t in trained.state_dict().items()}
 
@@ -113,7 +114,7 @@ def federated_baseline(cfg, fed: Federation, mu: float, rounds: int, eval_rounds
     sizes = [len(fed.scenario.partitions[k]) for k in clients]
     out: dict[int, nn.Module] = {}
     for server_round in range(1, rounds + 1):  # the clients of a round side by side, each on a copy
-        update = functools.partial(_client_update, cfg, fed, model, server_round, mu, device)
+        update = functools.partial(client_update, cfg, fed, model, server_round, mu, device)
         updates = in_parallel(update, clients, device)
         model.load_state_dict(average_state_dicts(updates, sizes))
         if server_round in eval_rounds:

@@ -16,7 +16,7 @@ import torch
 
 from qkt_flower.baselines import averaging, distill, ensemble, proximal
 from qkt_flower.config import CONF_DIR, load_config
-from qkt_flower.experiments import federated, headroom, steps
+from qkt_flower.experiments import federated, headroom, steps, threads
 from qkt_flower.experiments.cache import code_fingerprint, key_of
 from qkt_flower.experiments.pipeline import Experiment, prepare
 from qkt_flower.experiments.tables import ACC
@@ -74,8 +74,9 @@ def global_models(exp: Experiment, name: str, b: Baselines) -> dict:
     cfg, fed = exp.cfg, exp.fed
     mu = cfg.baselines.fedprox_mu if name == "fedprox" else 0.0
     code = code_fingerprint(
-        federated.federated_round, federated.federated_baseline, federated.initial_global_model, averaging
-    )
+        federated.federated_round, federated.client_update, federated.federated_baseline,
+        federated.initial_global_model, averaging, threads, proximal
+    )  # fmt: skip
     key = key_of([federated_inputs(cfg), name, mu, cfg.baselines.epochs_per_round, b.rounds, code])
     path = b.cache / f"{name}-{key}.pt" if b.cache is not None else None
     if path is not None and path.exists():

@@ -111,6 +111,7 @@ def local_training_code() -> tuple:
     import qkt_flower.data.partition as partition
     import qkt_flower.data.query as query
     import qkt_flower.data.sources as sources
+    import qkt_flower.experiments.threads as threads
     import qkt_flower.models as models
     import qkt_flower.models.cnn as cnn
     import qkt_flower.models.pooling as pooling
@@ -134,6 +135,7 @@ def local_training_code() -> tuple:
         resnet,
         engine,
         local,
+        threads,
         client_seed,
         init_seed,
         train_client,

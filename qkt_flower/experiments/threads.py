@@ -64,14 +64,15 @@ def one_thread(device: torch.device | str = "cpu") -> Iterator[None]:
 
 
 def in_parallel(fn: Callable[[T], R], items: Iterable[T], device: torch.device) -> list[R]:
-    """``[fn(x) for x in items]``, on CPU with one Python thread per usable core (torch releases the GIL).
+    """``[fn(x) for x in items]``, on CPU with one Python thread per core torch may use (it releases the GIL).
 
     In order, exceptions raised as in the loop. ``fn`` must not touch the global RNG while another runs (model
     construction is locked in :func:`qkt_flower.models.build_model`). The caller's thread count is read before
     (a thread takes the last count set anywhere at its first parallel operation) and set again after.
     """
     items = list(items)
-    workers = min(usable_cores(), len(items)) if torch.device(device).type == "cpu" else 1
+    cpu = torch.device(device).type == "cpu"
+    workers = min(usable_cores(), torch.get_num_threads(), len(items)) if cpu else 1  # OMP_NUM_THREADS=1: one
     if workers <= 1:
         return [fn(x) for x in items]
     before = torch.get_num_threads()

@@ -13,6 +13,9 @@ from qkt_flower.fl import records as R
 
 log = logging.getLogger(__name__)
 
+QUICK = (R.PROBE, R.WEIGHTS)
+"""Steps of these messages wait ``simulation.query_timeout``: no training in them (``query.evaluate`` fine-tunes)."""
+
 
 class Exchange:
     """Send messages that carry the experiment, and keep the books: bytes both ways, seconds, dropped nodes."""
@@ -34,7 +37,7 @@ class Exchange:
         start = time.perf_counter()
         sent = self.bytes["sent"]  # steps may repeat (re-selection): accumulate
         sent[step] = sent.get(step, 0) + sum(R.payload_bytes(m.content) for m in messages)
-        quick = all(m.metadata.message_type.startswith("query") for m in messages)  # probe answers, expert weights
+        quick = all(m.metadata.message_type in QUICK for m in messages)
         timeout = self.cfg.simulation.query_timeout if quick else self.timeout
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         # An error reply may come from the SuperLink itself (e.g. "Node Unavailable" for a node that

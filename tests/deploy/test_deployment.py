@@ -89,7 +89,7 @@ def test_killed_supernode_mid_run(deployment, tmp_path):
     """Kill a teacher's SuperNode (its process tree, by pid) after training: QKT finishes with the others."""
     victim = NODES - 1  # the querying client is 0
     # a probe message of its own, so that the dead teacher is asked again whether or not it is an expert
-    extra = ("simulation.reply_timeout=120", "strategy.probe.with_training=false")
+    extra = ("simulation.reply_timeout=120", "simulation.query_timeout=120", "strategy.probe.with_training=false")
     run = deployment.submit(_overrides(tmp_path, *extra), tmp_path / "out")
     steps_file = None
     deadline = time.monotonic() + 600
@@ -119,7 +119,7 @@ def test_an_expert_killed_while_its_weights_are_asked_for(deployment, tmp_path):
         if not node.alive():
             deployment.start_node(k)
     deployment.wait_online(NODES)
-    overrides = _overrides(tmp_path, "simulation.reply_timeout=120")
+    overrides = _overrides(tmp_path, "simulation.reply_timeout=120", "simulation.query_timeout=120")
     run = deployment.submit(overrides, tmp_path / "out")
     probe, deadline = None, time.monotonic() + 600
     while probe is None and time.monotonic() < deadline and run.alive():

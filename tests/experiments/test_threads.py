@@ -15,6 +15,14 @@ from qkt_flower.experiments.threads import in_parallel, one_thread
 needs_fmnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
 
 
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """These tests set torch's thread count: the tests after them get the count they had."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def test_one_thread_is_the_calling_threads_own():
     torch.set_num_threads(2)
     assert torch.get_num_threads() == 2

@@ -173,12 +173,9 @@ def test_invalid_and_silent_nodes_are_dropped_with_reasons(tmp_path):
     Client 4 never answers the probe in time, client 2 answers a probe of another label space, client 1
     (an expert) sends NaN weights: QKT finishes with client 3 alone, and says why each one was dropped.
     """
-    extra = [
-        "query.classes=[1,3]",
-        "query.num_classes=2",
-        "simulation.query_timeout=10",
-        "strategy.probe.with_training=false",
-    ]  # fmt: skip  (training and QKT keep the default reply_timeout)
+    extra = ["query.classes=[1,3]", "query.num_classes=2", "simulation.query_timeout=10",
+             "strategy.probe.with_training=false"]  # fmt: skip
+    # the probe and weights steps wait 10 s; training and QKT keep the default reply_timeout
     res = _run_with_faults(tmp_path, {4: "silent-probe", 2: "long-probe", 1: "nan-weights"}, extra, silence=20)
     assert set(res["dropped"]) == {"1", "2", "4"}, res["dropped"]
     assert res["dropped"]["4"].startswith("probe: no reply")
