@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 import torch
@@ -29,6 +29,17 @@ def usable_cores() -> int:
 
 
 @contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run torch on ``count`` CPU threads inside the block; the calling thread's own count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def every_core() -> Iterator[None]:
     """Let torch use every core this process may run on, for a step that only one node runs.
 
@@ -36,12 +47,8 @@ def every_core() -> Iterator[None]:
     one CPU (so that nodes train in parallel) and torch then uses one thread; the query phases, the baselines
     and the evaluations run on the querying node alone, and would leave the other cores idle.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(usable_cores(), before))
-    try:
+    with _torch_threads(max(usable_cores(), torch.get_num_threads())):  # counted on entry, call by call
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager
@@ -52,15 +59,8 @@ def one_thread(device: torch.device | str = "cpu") -> Iterator[None]:
     set one takes the last value any thread set, at its first parallel operation), so each thread of
     :func:`in_parallel` sets and restores its own, and a neighbour that leaves first changes nothing for the rest.
     """
-    if torch.device(device).type != "cpu":
+    with _torch_threads(1) if torch.device(device).type == "cpu" else nullcontext():
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def in_parallel(fn: Callable[[T], R], items: Iterable[T], device: torch.device) -> list[R]:
@@ -71,11 +71,11 @@ def in_parallel(fn: Callable[[T], R], items: Iterable[T], device: torch.device) 
     (a thread takes the last count set anywhere at its first parallel operation) and set again after.
     """
     items = list(items)
+    before = torch.get_num_threads()
     cpu = torch.device(device).type == "cpu"
-    workers = min(usable_cores(), torch.get_num_threads(), len(items)) if cpu else 1  # OMP_NUM_THREADS=1: one
+    workers = min(usable_cores(), before, len(items)) if cpu else 1  # OMP_NUM_THREADS=1: one at a time
     if workers <= 1:
         return [fn(x) for x in items]
-    before = torch.get_num_threads()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="client") as pool:
             return list(pool.map(fn, items))
