@@ -51,7 +51,7 @@ def test_without_gradients_the_values_equal_max_pool2d(shape):
 def test_a_model_trains_to_the_same_bits_as_the_textbook_block():
     """Pool-then-ReLU through the fast pooling = Conv-BN-ReLU-``nn.MaxPool2d``: outputs, gradients, trained weights."""
 
-    def trained(ours: bool) -> dict:
+    def trained(ours: bool) -> tuple[dict, torch.Tensor]:
         torch.manual_seed(0)
         model = build_model("cnn", (1, 28, 28), 10, seed=0)
         if not ours:  # the textbook order with PyTorch's pooling; no parameter moves
